@@ -1,0 +1,76 @@
+//! Decoding throughput of the AMI codec over the real captures, in MB/s and packets/s.
+
+use std::path::Path;
+
+use bytes::BytesMut;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use tokio_util::codec::Decoder;
+
+use amihub::ami::{AmiDecoder, Frame, Limits};
+
+const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/captures");
+
+/// Every capture as one stream: one banner, then the packets of every received and sent file.
+fn all_captures() -> Vec<u8> {
+    let mut names: Vec<_> = std::fs::read_dir(CAPTURES)
+        .expect("captures directory")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    names.sort();
+    let mut stream = b"Asterisk Call Manager/11.0.0\r\n".to_vec();
+    for path in names {
+        stream.extend_from_slice(without_banner(&path));
+    }
+    stream
+}
+
+fn without_banner(path: &Path) -> &'static [u8] {
+    let bytes: &'static [u8] = std::fs::read(path).expect("capture").leak();
+    if path.to_string_lossy().ends_with(".sent.txt") {
+        return bytes;
+    }
+    let nl = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    &bytes[nl..]
+}
+
+fn flood() -> Vec<u8> {
+    std::fs::read(format!("{CAPTURES}/14_flood_200_events_on.txt")).expect("flood capture")
+}
+
+/// Decodes `stream` delivered in reads of `read` bytes; returns the number of packets.
+fn decode(stream: &[u8], read: usize) -> usize {
+    let mut decoder = AmiDecoder::new(Limits::default(), true);
+    let mut buf = BytesMut::with_capacity(read.min(stream.len()) + 4096);
+    let mut packets = 0;
+    for chunk in stream.chunks(read) {
+        buf.extend_from_slice(chunk);
+        while let Some(frame) = decoder.decode(&mut buf).expect("decode") {
+            if let Frame::Packet(p) = frame {
+                packets += 1;
+                black_box(p);
+            }
+        }
+    }
+    packets
+}
+
+fn bench(c: &mut Criterion) {
+    let inputs = [("captures", all_captures()), ("flood", flood())];
+    let mut bytes = c.benchmark_group("decode_bytes");
+    for (name, stream) in &inputs {
+        bytes.throughput(Throughput::Bytes(stream.len() as u64));
+        bytes.bench_function(format!("{name}_whole"), |b| b.iter(|| decode(stream, stream.len())));
+        bytes.bench_function(format!("{name}_4k_reads"), |b| b.iter(|| decode(stream, 4096)));
+    }
+    bytes.finish();
+    let mut packets = c.benchmark_group("decode_packets");
+    for (name, stream) in &inputs {
+        packets.throughput(Throughput::Elements(decode(stream, stream.len()) as u64));
+        packets.bench_function(format!("{name}_4k_reads"), |b| b.iter(|| decode(stream, 4096)));
+    }
+    packets.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

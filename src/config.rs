@@ -1,0 +1,448 @@
+//! Settings: the only reader of config files, secret files and `AMIHUB__…` environment variables.
+//!
+//! Everything is validated here, once, so actors can rely on their settings and never `expect()`.
+//! Unknown keys are errors (serde `deny_unknown_fields`), reported with the key's name.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ami::Limits;
+
+/// A problem with the configuration, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Load { path: String, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration (see `config/amihub.toml` for every key with its default).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub ami: AmiSettings,
+    #[serde(default)]
+    pub reconnect: ReconnectSettings,
+    #[serde(default)]
+    pub limits: LimitSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub servers: Vec<ServerSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address the HTTP/WebSocket listener binds.
+    pub listen: String,
+    /// Directory served at `/`.
+    pub web_root: PathBuf,
+    /// Origins allowed to open a WebSocket besides the page's own origin.
+    pub allowed_origins: Vec<String>,
+    /// PEM certificate chain; with `tls_key` the listener speaks HTTPS/WSS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:8000".into(),
+            web_root: PathBuf::from("web_root"),
+            allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            workers: 0,
+        }
+    }
+}
+
+/// Bounds on what the AMI codec accepts (SPEC §3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmiSettings {
+    pub max_line_bytes: usize,
+    pub max_packet_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for AmiSettings {
+    fn default() -> Self {
+        let l = Limits::default();
+        AmiSettings {
+            max_line_bytes: l.max_line_bytes,
+            max_packet_bytes: l.max_packet_bytes,
+            max_headers: l.max_headers,
+        }
+    }
+}
+
+impl AmiSettings {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_line_bytes: self.max_line_bytes,
+            max_packet_bytes: self.max_packet_bytes,
+            max_headers: self.max_headers,
+        }
+    }
+}
+
+/// Reconnect backoff for every PBX (SPEC §2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectSettings {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub multiplier: f64,
+    pub jitter: f64,
+    /// A connection that stays up this long resets the attempt counter.
+    pub reset_after_s: u64,
+    /// TCP connect + TLS handshake bound.
+    pub connect_timeout_ms: u64,
+    /// Banner + login bound once connected.
+    pub login_timeout_ms: u64,
+}
+
+impl Default for ReconnectSettings {
+    fn default() -> Self {
+        ReconnectSettings {
+            initial_ms: 500,
+            max_ms: 30_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+            reset_after_s: 60,
+            connect_timeout_ms: 5_000,
+            login_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Per-session and per-process limits (SPEC §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub max_sessions: usize,
+    /// Bytes queued towards one WebSocket before it is closed with 4008.
+    pub session_queue_bytes: usize,
+    pub max_client_message_bytes: usize,
+    pub actions_per_second: u32,
+    pub ws_ping_interval_s: u64,
+    pub ws_idle_timeout_s: u64,
+    /// How long a routed action waits for its response / list completion.
+    pub action_timeout_s: u64,
+    /// Outstanding actions one session may have at once.
+    pub max_pending_actions_per_session: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_sessions: 10_000,
+            session_queue_bytes: 1 << 20,
+            max_client_message_bytes: 65_536,
+            actions_per_second: 50,
+            ws_ping_interval_s: 20,
+            ws_idle_timeout_s: 60,
+            action_timeout_s: 10,
+            max_pending_actions_per_session: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Md5,
+    Plain,
+}
+
+/// One PBX (`[[servers]]`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Stable id used by clients (`AMIServerID`); defaults to the 1-based position.
+    #[serde(default)]
+    pub id: u32,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub secret: String,
+    /// File whose first line is the secret (wins over `secret`).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// `on`, `off`, or an AMI class list such as `call,agent,system`.
+    #[serde(default = "default_events")]
+    pub events: String,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval_s: u64,
+    #[serde(default = "default_ping_timeout")]
+    pub ping_timeout_s: u64,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// Secrets never appear in `Debug` output.
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSettings")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("secret", &"<redacted>")
+            .field("auth", &self.auth)
+            .field("events", &self.events)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_port() -> u16 {
+    5038
+}
+fn default_events() -> String {
+    "on".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ping_interval() -> u64 {
+    10
+}
+fn default_ping_timeout() -> u64 {
+    5
+}
+
+impl Settings {
+    /// Loads `path` (TOML or YAML by extension), then `AMIHUB__…` environment overrides, then
+    /// secret files; validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            let format = match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml") | Some("yml") => config::FileFormat::Yaml,
+                _ => config::FileFormat::Toml,
+            };
+            builder = builder.add_source(config::File::from(path).format(format));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("AMIHUB")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("http.allowed_origins")
+                .try_parsing(true),
+        );
+        let shown = path.map_or("<environment>".to_string(), |p| p.display().to_string());
+        let raw = builder.build().map_err(|e| ConfigError::Load {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let mut settings: Settings = raw.try_deserialize().map_err(|e| ConfigError::Load {
+            path: shown,
+            message: e.to_string(),
+        })?;
+        settings.finish()?;
+        Ok(settings)
+    }
+
+    /// Fills derived defaults (ids, names, secret files) and checks every rule, collecting all
+    /// problems rather than stopping at the first.
+    pub fn finish(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (i, s) in self.servers.iter_mut().enumerate() {
+            let key = format!("servers[{i}]");
+            if s.id == 0 {
+                s.id = i as u32 + 1;
+            }
+            if s.name.is_empty() {
+                s.name = format!("pbx{}", s.id);
+            }
+            if s.host.is_empty() {
+                problems.push(format!("{key}.host: must be set"));
+            }
+            if s.username.is_empty() {
+                problems.push(format!("{key}.username: must be set"));
+            }
+            if let Some(file) = &s.secret_file {
+                match std::fs::read_to_string(file) {
+                    Ok(text) => s.secret = text.lines().next().unwrap_or("").to_string(),
+                    Err(e) => problems.push(format!(
+                        "{key}.secret_file: cannot read {}: {e}",
+                        file.display()
+                    )),
+                }
+            }
+            if s.ping_interval_s == 0 {
+                problems.push(format!("{key}.ping_interval_s: must be at least 1"));
+            }
+            if s.ping_timeout_s == 0 {
+                problems.push(format!("{key}.ping_timeout_s: must be at least 1"));
+            }
+            if [&s.events, &s.username, &s.secret, &s.name]
+                .iter()
+                .any(|v| v.contains(['\r', '\n']))
+            {
+                problems.push(format!(
+                    "{key}: name, username, secret and events must not contain CR or LF"
+                ));
+            }
+            if let Some(ca) = &s.tls_ca {
+                if !ca.exists() {
+                    problems.push(format!("{key}.tls_ca: {} does not exist", ca.display()));
+                }
+            }
+        }
+        let mut ids: Vec<u32> = self.servers.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            problems.push("servers: ids must be unique".into());
+        }
+        let mut names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            problems.push("servers: names must be unique".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "http.listen: {:?} is not an address like 127.0.0.1:8000",
+                self.http.listen
+            ));
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            problems.push("http.tls_cert and http.tls_key: set both or neither".into());
+        }
+        let r = &self.reconnect;
+        if r.initial_ms == 0 || r.max_ms < r.initial_ms {
+            problems.push("reconnect.max_ms: must be >= reconnect.initial_ms > 0".into());
+        }
+        if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
+            problems.push("reconnect.multiplier: must be between 1.0 and 100.0".into());
+        }
+        if !(0.0..=1.0).contains(&r.jitter) {
+            problems.push("reconnect.jitter: must be between 0.0 and 1.0".into());
+        }
+        let l = &self.limits;
+        if l.max_sessions == 0 {
+            problems.push("limits.max_sessions: must be at least 1".into());
+        }
+        if l.session_queue_bytes < 4096 {
+            problems.push("limits.session_queue_bytes: must be at least 4096".into());
+        }
+        if l.max_client_message_bytes < 256 {
+            problems.push("limits.max_client_message_bytes: must be at least 256".into());
+        }
+        if l.actions_per_second == 0 {
+            problems.push("limits.actions_per_second: must be at least 1".into());
+        }
+        if l.ws_ping_interval_s == 0 || l.ws_idle_timeout_s <= l.ws_ping_interval_s {
+            problems.push(
+                "limits.ws_idle_timeout_s: must be greater than limits.ws_ping_interval_s > 0"
+                    .into(),
+            );
+        }
+        let a = &self.ami;
+        if a.max_line_bytes < 1024 || a.max_packet_bytes < a.max_line_bytes || a.max_headers < 16
+        {
+            problems.push(
+                "ami: need max_line_bytes >= 1024, max_packet_bytes >= max_line_bytes, max_headers >= 16"
+                    .into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_toml(text: &str) -> Result<Settings, String> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut s: Settings = raw.try_deserialize().map_err(|e| e.to_string())?;
+        s.finish().map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = parse_toml("[[servers]]\nhost='127.0.0.1'\nusername='u'\nsecret='s'\n").unwrap();
+        let srv = &s.servers[0];
+        assert_eq!((srv.id, srv.name.as_str(), srv.port), (1, "pbx1", 5038));
+        assert_eq!(srv.auth, AuthMode::Md5);
+        assert_eq!((srv.ping_interval_s, srv.ping_timeout_s), (10, 5));
+        assert_eq!(s.reconnect.initial_ms, 500);
+        assert_eq!(s.reconnect.max_ms, 30_000);
+        assert_eq!(s.limits.session_queue_bytes, 1 << 20);
+        assert_eq!(s.http.listen, "127.0.0.1:8000");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse_toml("[http]\nlisten='127.0.0.1:1'\nlisen='x'\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = parse_toml(
+            "[reconnect]\njitter=3.0\n[[servers]]\nname='a'\n[[servers]]\nname='a'\nhost='h'\nusername='u'\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("servers[0].host"), "{err}");
+        assert!(err.contains("servers[0].username"), "{err}");
+        assert!(err.contains("names must be unique"), "{err}");
+        assert!(err.contains("reconnect.jitter"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let s = parse_toml("[[servers]]\nhost='h'\nusername='u'\nsecret='hunter2'\n").unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,65 @@
+//! Builds the HTTP server on an already-bound listener: plain or TLS (openssl), with the
+//! connection's socket recorded so a stalled WebSocket can be shut down.
+
+use std::any::Any;
+use std::os::fd::AsRawFd;
+
+use actix_web::dev::{Extensions, Server};
+use actix_web::{App, HttpServer};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+
+use super::{configure, AppState, ConnSocket};
+
+/// Why the HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("TLS setup ({file}): {message}")]
+    Tls { file: String, message: String },
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn record_socket(conn: &dyn Any, ext: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        ext.insert(ConnSocket(tcp.as_raw_fd()));
+    } else if let Some(tls) =
+        conn.downcast_ref::<actix_tls::accept::openssl::TlsStream<actix_web::rt::net::TcpStream>>()
+    {
+        ext.insert(ConnSocket(tls.get_ref().as_raw_fd()));
+    }
+}
+
+/// Starts serving on `listener`; the returned server runs until stopped through its handle.
+pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server, ListenError> {
+    let http = state.settings.http.clone();
+    let workers = if http.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        http.workers
+    };
+    let max_conn = state.settings.limits.max_sessions + 1024;
+    let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
+        .workers(workers)
+        .max_connections(max_conn)
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .on_connect(record_socket);
+    let server = match (&http.tls_cert, &http.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls_err = |file: &std::path::Path, e: openssl::error::ErrorStack| ListenError::Tls {
+                file: file.display().to_string(),
+                message: e.to_string(),
+            };
+            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+                .map_err(|e| tls_err(cert, e))?;
+            b.set_private_key_file(key, SslFiletype::PEM)
+                .map_err(|e| tls_err(key, e))?;
+            b.set_certificate_chain_file(cert)
+                .map_err(|e| tls_err(cert, e))?;
+            server.listen_openssl(listener, b)?
+        }
+        _ => server.listen(listener)?,
+    };
+    Ok(server.run())
+}

@@ -1,0 +1,123 @@
+//! HTTP routes: the WebSocket upgrade (`/ws`, and `/` for amiws dashboards), the JSON API,
+//! health and metrics, and `web_root` as static files. No business logic lives here.
+
+pub mod listener;
+
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{guard, web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::registry::{ListServers, Registry};
+use crate::ws::outbound::{OutboundStream, SessionIo, SessionSlot};
+use crate::ws::session::WsSession;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Addr<Registry>,
+    pub settings: Arc<Settings>,
+    pub metrics: SharedMetrics,
+    pub next_session: Arc<AtomicU64>,
+}
+
+/// The raw socket of the connection a request arrived on (set by the listener's on_connect).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSocket(pub RawFd);
+
+/// Registers every route; tests build the same app with this.
+pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let web_root = state.settings.http.web_root.clone();
+        cfg.app_data(web::Data::new(state))
+            .route("/ws", web::get().to(ws_upgrade))
+            .route(
+                "/",
+                web::get()
+                    .guard(guard::fn_guard(|ctx| {
+                        ctx.head()
+                            .headers()
+                            .get("upgrade")
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+                    }))
+                    .to(ws_upgrade),
+            )
+            .route("/api/v1/servers", web::get().to(list_servers))
+            .route("/livez", web::get().to(livez))
+            .route("/metrics", web::get().to(metrics))
+            .service(actix_files::Files::new("/", web_root).index_file("index.html"));
+    }
+}
+
+fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+    let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) else {
+        // Not a browser (browsers always send Origin on WebSocket upgrades).
+        return true;
+    };
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = req.connection_info().host().to_string();
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    origin_host.eq_ignore_ascii_case(&host)
+}
+
+async fn ws_upgrade(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    let limits = &state.settings.limits;
+    if !origin_allowed(&req, &state.settings.http.allowed_origins) {
+        Metrics::inc(&state.metrics.ws_refused_sessions_total);
+        return Ok(HttpResponse::Forbidden().json(json!({"error": "origin not allowed"})));
+    }
+    let Some(slot) = SessionSlot::acquire(&state.metrics, limits.max_sessions) else {
+        Metrics::inc(&state.metrics.ws_refused_sessions_total);
+        return Ok(HttpResponse::ServiceUnavailable()
+            .json(json!({"error": "max_sessions reached", "max_sessions": limits.max_sessions})));
+    };
+    let mut res = ws::handshake(&req)?;
+    let socket = req.conn_data::<ConnSocket>().and_then(|s| {
+        // SAFETY: the connection (and so its fd) is alive while its request is being handled.
+        let fd = unsafe { BorrowedFd::borrow_raw(s.0) };
+        fd.try_clone_to_owned().ok()
+    });
+    let io = SessionIo::new(socket.map(OwnedFd::from), Some(slot));
+    let id = state.next_session.fetch_add(1, Relaxed);
+    let session = WsSession::new(
+        id,
+        state.registry.clone(),
+        io.clone(),
+        limits.clone(),
+        state.metrics.clone(),
+    );
+    // The codec refuses frames far past the limit outright; the session answers the rest.
+    let codec = actix_http::ws::Codec::new().max_size(limits.max_client_message_bytes * 4);
+    let stream = ws::WebsocketContext::with_codec(session, payload, codec);
+    Ok(res.streaming(OutboundStream::new(Box::pin(stream), io)))
+}
+
+async fn list_servers(state: web::Data<AppState>) -> HttpResponse {
+    match state.registry.send(ListServers).await {
+        Ok(servers) => HttpResponse::Ok().json(json!({ "servers": servers })),
+        Err(_) => HttpResponse::ServiceUnavailable().json(json!({"error": "registry unavailable"})),
+    }
+}
+
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

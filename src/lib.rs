@@ -1,0 +1,29 @@
+//! amihub: one supervised AMI connection per Asterisk PBX, fanned out as JSON to WebSocket clients.
+//!
+//! Layout (each module owns one concern):
+//! - [`config`]: the only reader of config files and environment; validates everything up front.
+//! - [`ami`]: bytes <-> AMI packets and actions. Pure: never imports actix, serde_json or sockets.
+//! - [`pbx`]: the supervised connection actor per PBX (login, keepalive, reconnect with backoff).
+//! - [`registry`]: server_id -> PBX actor, sessions, ActionID routing, fan-out of shared frames.
+//! - [`ws`]: WebSocket session actors; `ws::protocol` is the only module that knows the JSON envelope.
+//! - [`http`]: routes, static files, TLS listener; no business logic.
+//! - [`sim`]: the simulated PBX behind `--demo`, reused by tests and the load tool.
+//! - [`service`]: wires the actors together and runs until a shutdown signal.
+//!
+//! Invariants:
+//! - `ami` and `sim` never import actix; `ami` never imports serde_json.
+//! - Only `registry` decides who receives a packet; sessions never talk to PBX actors directly.
+//! - Every queue between a PBX and a browser is bounded in bytes; a slow browser is cut loose.
+
+pub mod ami;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod pbx;
+pub mod registry;
+pub mod service;
+pub mod sim;
+pub mod ws;
+
+pub use service::run;

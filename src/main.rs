@@ -1,0 +1,79 @@
+//! The `amihub` binary: command line, logging, then `amihub::run`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use amihub::config::{LogFormat, Settings};
+
+/// Asterisk AMI to WebSocket/JSON hub.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML or YAML by extension).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate a config file and exit (0 = valid; otherwise one line per problem).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    /// Run with two built-in simulated PBXs (no Asterisk needed) on http://127.0.0.1:8000/.
+    #[arg(long)]
+    demo: bool,
+}
+
+fn init_logging(format: LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(path) = &cli.check_config {
+        return match Settings::load(Some(path)) {
+            Ok(s) => {
+                println!("{}: valid ({} server(s))", path.display(), s.servers.len());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        };
+    }
+    let mut settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    init_logging(settings.log.format);
+    let _sims = if cli.demo {
+        let sims = amihub::demo::start(&mut settings).context("starting the demo PBXs")?;
+        log::info!("demo mode: two simulated PBXs; open http://{}/", settings.http.listen);
+        sims
+    } else {
+        if settings.servers.is_empty() {
+            log::warn!("no [[servers]] configured: nothing to proxy (try --demo)");
+        }
+        Vec::new()
+    };
+    let listener = std::net::TcpListener::bind(&settings.http.listen)
+        .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
+    actix_web::rt::System::new().block_on(amihub::run(settings, listener))?;
+    Ok(())
+}

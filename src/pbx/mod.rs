@@ -1,0 +1,493 @@
+//! The connection actor for one PBX: connect, log in (MD5 or plain), keep alive with `Ping`,
+//! forward packets to the registry, and reconnect with backoff under an actix `Supervisor`.
+//!
+//! It does not know about sessions or JSON clients: it hands parsed packets (with the broadcast
+//! JSON pre-rendered) to the registry and writes the actions the registry gives it.
+
+pub mod backoff;
+pub mod connect;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use md5::{Digest, Md5};
+use openssl::ssl::SslConnector;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+
+use crate::ami::{Action, AmiDecoder, Frame, Limits, Packet};
+use crate::config::{AuthMode, ReconnectSettings, ServerSettings};
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
+use crate::ws::protocol::{encode_packet, ServerTag};
+use backoff::Backoff;
+pub use connect::PbxError;
+
+/// Actions queued towards one PBX before `SendAction` is refused.
+const WRITE_QUEUE: usize = 1024;
+/// Packets handed to the registry in one message at most.
+const BATCH: usize = 512;
+const LOGIN_ID: &str = "amihub-login";
+const CHALLENGE_ID: &str = "amihub-challenge";
+const LOGOFF_ID: &str = "amihub-logoff";
+const PING_PREFIX: &str = "amihub-ping-";
+
+/// A server's connection status as clients see it (type 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerStatus {
+    Connecting,
+    Connected,
+    Disconnected,
+    AuthFailed,
+}
+
+impl ServerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerStatus::Connecting => "Connecting",
+            ServerStatus::Connected => "Connected",
+            ServerStatus::Disconnected => "Disconnected",
+            ServerStatus::AuthFailed => "AuthFailed",
+        }
+    }
+}
+
+/// Write one action to this PBX (its ActionID already rewritten by the registry).
+#[derive(Message)]
+#[rtype(result = "Result<(), PbxError>")]
+pub struct SendAction {
+    pub action: Action,
+}
+
+/// Log off and stay down; resolves once the PBX said Goodbye or after a short grace period.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Connecting,
+    Greeting,
+    Challenge,
+    Login,
+    Connected,
+}
+
+/// One supervised AMI connection. The struct survives restarts; each restart is a new connection.
+pub struct PbxConn {
+    settings: Arc<ServerSettings>,
+    tag: ServerTag,
+    limits: Limits,
+    reconnect: ReconnectSettings,
+    backoff: Backoff,
+    tls: Option<SslConnector>,
+    registry: Addr<Registry>,
+    metrics: SharedMetrics,
+    phase: Phase,
+    attempt: u32,
+    auth_failed: bool,
+    shutting_down: bool,
+    reason: String,
+    connected_at: Option<Instant>,
+    writer: Option<mpsc::Sender<Action>>,
+    ping_seq: u64,
+    ping_outstanding: Option<u64>,
+    goodbye: Option<oneshot::Sender<()>>,
+}
+
+impl PbxConn {
+    pub fn new(
+        settings: Arc<ServerSettings>,
+        limits: Limits,
+        reconnect: ReconnectSettings,
+        registry: Addr<Registry>,
+        metrics: SharedMetrics,
+    ) -> PbxConn {
+        let (tls, reason) = match connect::tls_connector(&settings) {
+            Ok(tls) => (tls, String::new()),
+            Err(e) => (None, e.to_string()),
+        };
+        PbxConn {
+            tag: ServerTag::new(settings.id, &settings.name, settings.tls),
+            backoff: Backoff::from(&reconnect),
+            settings,
+            limits,
+            reconnect,
+            tls,
+            registry,
+            metrics,
+            phase: Phase::Idle,
+            attempt: 0,
+            auth_failed: false,
+            shutting_down: false,
+            reason,
+            connected_at: None,
+            writer: None,
+            ping_seq: 0,
+            ping_outstanding: None,
+            goodbye: None,
+        }
+    }
+
+    fn status(&self, status: ServerStatus, reason: &str, banner: Option<String>) {
+        match status {
+            ServerStatus::Connected => log::info!(
+                "server {} ({}): connected to {}:{}",
+                self.settings.id,
+                self.settings.name,
+                self.settings.host,
+                self.settings.port
+            ),
+            ServerStatus::Connecting => log::debug!(
+                "server {} ({}): connecting ({reason})",
+                self.settings.id,
+                self.settings.name
+            ),
+            _ => log::warn!(
+                "server {} ({}): {} ({reason})",
+                self.settings.id,
+                self.settings.name,
+                status.as_str()
+            ),
+        }
+        self.registry.do_send(PbxStatusChanged {
+            server_id: self.settings.id,
+            status,
+            reason: reason.to_string(),
+            banner,
+        });
+    }
+
+    /// Ends this connection; the supervisor restarts the actor, which reconnects after backoff.
+    fn drop_connection(&mut self, ctx: &mut Context<Self>, reason: String) {
+        if self.reason.is_empty() {
+            self.reason = reason;
+        }
+        ctx.stop();
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        self.phase = Phase::Connecting;
+        let attempt = format!("attempt {}", self.attempt + 1);
+        self.status(ServerStatus::Connecting, &attempt, None);
+        let fut = connect::open(
+            self.settings.host.clone(),
+            self.settings.port,
+            self.tls.clone(),
+            self.settings.tls_verify,
+            Duration::from_millis(self.reconnect.connect_timeout_ms),
+        );
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(io) => act.attach(io, ctx),
+            Err(e) => act.drop_connection(ctx, e.to_string()),
+        }));
+    }
+
+    fn attach(&mut self, io: Box<dyn connect::AmiIo>, ctx: &mut Context<Self>) {
+        let (read, mut write) = tokio::io::split(io);
+        ctx.add_stream(FramedRead::new(read, AmiDecoder::new(self.limits, true)).ready_chunks(BATCH));
+        let (tx, mut rx) = mpsc::channel::<Action>(WRITE_QUEUE);
+        self.writer = Some(tx);
+        // The writer drains whatever is queued into one buffer per write; it ends when the actor
+        // restarts (the sender is dropped) or the socket fails (the reader then sees the end).
+        ctx.spawn(
+            async move {
+                let mut buf = BytesMut::with_capacity(4096);
+                while let Some(action) = rx.recv().await {
+                    let _ = action.encode(&mut buf);
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = more.encode(&mut buf);
+                    }
+                    if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
+                        break;
+                    }
+                    buf.clear();
+                }
+                let _ = write.shutdown().await;
+            }
+            .into_actor(self),
+        );
+        self.phase = Phase::Greeting;
+        let login_timeout = Duration::from_millis(self.reconnect.login_timeout_ms);
+        ctx.run_later(login_timeout, |act, ctx| {
+            if act.phase != Phase::Connected {
+                act.drop_connection(ctx, "login timed out".into());
+            }
+        });
+    }
+
+    fn write(&mut self, ctx: &mut Context<Self>, action: Action) {
+        let sent = match &self.writer {
+            Some(w) => w.try_send(action).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.drop_connection(ctx, "write queue full".into());
+        }
+    }
+
+    fn login(&mut self, ctx: &mut Context<Self>, challenge: Option<&str>) {
+        let s = self.settings.clone();
+        let mut login = Action::new("Login")
+            .header("ActionID", LOGIN_ID)
+            .header("Username", s.username.as_str());
+        match challenge {
+            Some(ch) => {
+                let mut md5 = Md5::new();
+                md5.update(ch.as_bytes());
+                md5.update(s.secret.as_bytes());
+                let key: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                login.push("AuthType", "MD5");
+                login.push("Key", key);
+            }
+            None => login.push("Secret", s.secret.as_str()),
+        }
+        login.push("Events", s.events.as_str());
+        self.phase = Phase::Login;
+        self.write(ctx, login);
+    }
+
+    fn on_banner(&mut self, ctx: &mut Context<Self>, banner: String) {
+        if !banner.starts_with("Asterisk Call Manager/") {
+            log::warn!(
+                "server {} ({}): unexpected banner {banner:?}, trying to log in anyway",
+                self.settings.id,
+                self.settings.name
+            );
+        }
+        self.registry.do_send(PbxStatusChanged {
+            server_id: self.settings.id,
+            status: ServerStatus::Connecting,
+            reason: "logging in".into(),
+            banner: Some(banner),
+        });
+        if self.settings.auth == AuthMode::Md5 {
+            self.phase = Phase::Challenge;
+            let ch = Action::new("Challenge")
+                .header("ActionID", CHALLENGE_ID)
+                .header("AuthType", "MD5");
+            self.write(ctx, ch);
+        } else {
+            self.login(ctx, None);
+        }
+    }
+
+    fn on_login_reply(&mut self, ctx: &mut Context<Self>, p: &Packet) {
+        let ok = p.get("Response").is_some_and(|r| r.eq_ignore_ascii_case("Success"));
+        if !ok {
+            let msg = p.get("Message").unwrap_or("login refused").to_string();
+            self.auth_failed = true;
+            Metrics::inc(&self.metrics.pbx_auth_failures_total);
+            self.status(ServerStatus::AuthFailed, &msg, None);
+            self.reason = msg;
+            ctx.stop();
+            return;
+        }
+        self.phase = Phase::Connected;
+        self.auth_failed = false;
+        self.connected_at = Some(Instant::now());
+        Metrics::inc(&self.metrics.pbx_connects_total);
+        Metrics::inc(&self.metrics.pbx_connected);
+        self.status(ServerStatus::Connected, "", None);
+        let every = Duration::from_secs(self.settings.ping_interval_s);
+        ctx.run_interval(every, |act, ctx| act.ping(ctx));
+    }
+
+    fn ping(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Connected || self.ping_outstanding.is_some() {
+            return;
+        }
+        self.ping_seq += 1;
+        let seq = self.ping_seq;
+        self.ping_outstanding = Some(seq);
+        let ping = Action::new("Ping").header("ActionID", format!("{PING_PREFIX}{seq}"));
+        self.write(ctx, ping);
+        let timeout = Duration::from_secs(self.settings.ping_timeout_s);
+        ctx.run_later(timeout, move |act, ctx| {
+            if act.ping_outstanding == Some(seq) {
+                let reason = format!("no reply to Ping within {} s", timeout.as_secs());
+                act.drop_connection(ctx, reason);
+            }
+        });
+    }
+
+    /// Handles one packet; returns it if it is for the registry.
+    fn on_packet(&mut self, ctx: &mut Context<Self>, p: Packet) -> Option<Packet> {
+        let id = p.action_id().unwrap_or("");
+        match self.phase {
+            Phase::Challenge if id == CHALLENGE_ID => {
+                match p.get("Challenge").map(str::to_string) {
+                    Some(ch) => self.login(ctx, Some(&ch)),
+                    None => self.on_login_reply(ctx, &p),
+                }
+                None
+            }
+            Phase::Login if id == LOGIN_ID => {
+                self.on_login_reply(ctx, &p);
+                None
+            }
+            Phase::Connected if id.starts_with(PING_PREFIX) => {
+                if id[PING_PREFIX.len()..].parse().ok() == self.ping_outstanding {
+                    self.ping_outstanding = None;
+                }
+                None
+            }
+            Phase::Connected if id == LOGOFF_ID => {
+                if let Some(tx) = self.goodbye.take() {
+                    let _ = tx.send(());
+                }
+                None
+            }
+            Phase::Connected => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl Actor for PbxConn {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            self.phase = Phase::Idle;
+            return;
+        }
+        let delay = if self.auth_failed {
+            self.backoff.auth_failed_delay()
+        } else if self.attempt == 0 {
+            Duration::ZERO
+        } else {
+            self.backoff.delay(self.attempt, rand::random::<f64>())
+        };
+        if !delay.is_zero() {
+            log::info!(
+                "server {} ({}): reconnecting in {} ms",
+                self.settings.id,
+                self.settings.name,
+                delay.as_millis()
+            );
+        }
+        ctx.run_later(delay, |act, ctx| act.connect(ctx));
+    }
+}
+
+impl Supervised for PbxConn {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        let was_connected = self.phase == Phase::Connected;
+        let stayed_up = self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(self.reconnect.reset_after_s));
+        self.attempt = if stayed_up { 1 } else { self.attempt.saturating_add(1) };
+        self.writer = None;
+        self.ping_outstanding = None;
+        if was_connected {
+            self.metrics.pbx_connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Metrics::inc(&self.metrics.pbx_disconnects_total);
+        }
+        if let Some(tx) = self.goodbye.take() {
+            let _ = tx.send(());
+        }
+        let reason = std::mem::take(&mut self.reason);
+        if !self.auth_failed {
+            let reason = if reason.is_empty() { "connection lost".into() } else { reason };
+            self.status(ServerStatus::Disconnected, &reason, None);
+        }
+        self.phase = Phase::Idle;
+    }
+}
+
+impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
+    fn handle(&mut self, frames: Vec<Result<Frame, std::io::Error>>, ctx: &mut Context<Self>) {
+        let mut items = Vec::with_capacity(frames.len());
+        for frame in frames {
+            if self.phase == Phase::Idle {
+                break;
+            }
+            match frame {
+                Ok(Frame::Banner(banner)) => self.on_banner(ctx, banner),
+                Ok(Frame::Packet(p)) => {
+                    Metrics::inc(&self.metrics.ami_packets_in_total);
+                    Metrics::add(&self.metrics.ami_bytes_in_total, p.heap_bytes() as u64);
+                    if let Some(p) = self.on_packet(ctx, p) {
+                        // Packets with an ActionID may be routed to one session with its own id;
+                        // the registry renders those. Everything else is rendered once, here.
+                        let json = p.action_id().is_none().then(|| encode_packet(&self.tag, &p, None));
+                        items.push(Inbound { packet: p, json });
+                    }
+                }
+                Ok(Frame::Discarded(why)) => {
+                    Metrics::inc(&self.metrics.ami_malformed_total);
+                    log::warn!(
+                        "server {} ({}): discarded a malformed packet ({why:?})",
+                        self.settings.id,
+                        self.settings.name
+                    );
+                }
+                Err(e) => {
+                    self.drop_connection(ctx, format!("read error: {e}"));
+                    break;
+                }
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        // Waiting here is the backpressure: while the registry is busy this PBX is not read.
+        let msg = PbxPackets {
+            server_id: self.settings.id,
+            items,
+        };
+        ctx.wait(self.registry.send(msg).into_actor(self).map(|_, _, _| ()));
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.drop_connection(ctx, "connection closed by PBX".into());
+    }
+}
+
+impl Handler<SendAction> for PbxConn {
+    type Result = Result<(), PbxError>;
+
+    fn handle(&mut self, msg: SendAction, _ctx: &mut Context<Self>) -> Self::Result {
+        let server_id = self.settings.id;
+        if self.phase != Phase::Connected {
+            return Err(PbxError::NotConnected { server_id });
+        }
+        msg.action.to_bytes()?;
+        let writer = self.writer.as_ref().ok_or(PbxError::NotConnected { server_id })?;
+        writer.try_send(msg.action).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PbxError::QueueFull { server_id },
+            mpsc::error::TrySendError::Closed(_) => PbxError::NotConnected { server_id },
+        })?;
+        Metrics::inc(&self.metrics.ami_actions_out_total);
+        Ok(())
+    }
+}
+
+impl Handler<Shutdown> for PbxConn {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        if self.phase != Phase::Connected {
+            ctx.stop();
+            return Box::pin(async {});
+        }
+        let (tx, rx) = oneshot::channel();
+        self.goodbye = Some(tx);
+        self.reason = "amihub shutting down".into();
+        self.write(ctx, Action::new("Logoff").header("ActionID", LOGOFF_ID));
+        Box::pin(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! WebSocket side: the session actor, its outbound byte accounting, and the JSON protocol.
+
+pub mod outbound;
+pub mod protocol;
+pub mod session;

@@ -1,0 +1,284 @@
+//! The WebSocket session actor: one per browser. It writes the frames the registry shares with
+//! it, answers keepalive, rate-limits and parses client messages, and hands actions to the
+//! registry. It owns no routing: the registry decides what it receives.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytestring::ByteString;
+use serde_json::json;
+
+use crate::config::LimitSettings;
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::registry::{ClientRequest, Join, Leave, ListServers, Registry};
+use crate::ws::outbound::SessionIo;
+use crate::ws::protocol::{encode_reply, encode_reply_value, parse_client, ClientMessage};
+
+/// Frames to write, shared with every other session that receives them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub frames: Arc<[ByteString]>,
+}
+
+/// Close this session with a WebSocket close code (1001 at shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// A token bucket: `rate` tokens per second, bursts up to `rate`.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> TokenBucket {
+        TokenBucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One browser connection.
+pub struct WsSession {
+    id: u64,
+    registry: Addr<Registry>,
+    io: Arc<SessionIo>,
+    limits: LimitSettings,
+    metrics: SharedMetrics,
+    last_heard: Instant,
+    bucket: TokenBucket,
+}
+
+impl WsSession {
+    pub fn new(
+        id: u64,
+        registry: Addr<Registry>,
+        io: Arc<SessionIo>,
+        limits: LimitSettings,
+        metrics: SharedMetrics,
+    ) -> WsSession {
+        WsSession {
+            id,
+            registry,
+            io,
+            bucket: TokenBucket::new(limits.actions_per_second),
+            limits,
+            metrics,
+            last_heard: Instant::now(),
+        }
+    }
+
+    /// Writes a reply of amihub's own, counted against this session's queue like any frame.
+    fn reply(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+        self.io.add_queued(frame.len());
+        ctx.text(frame);
+    }
+
+    fn error(&self, ctx: &mut ws::WebsocketContext<Self>, message: &str, id: Option<&str>) {
+        Metrics::inc(&self.metrics.ws_client_errors_total);
+        let mut fields = vec![("Response", "Error"), ("Message", message)];
+        if let Some(id) = id {
+            fields.push(("ActionID", id));
+        }
+        self.reply(ctx, encode_reply(None, &fields));
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        Metrics::inc(&self.metrics.ws_client_messages_total);
+        if text.len() > self.limits.max_client_message_bytes {
+            let msg = format!(
+                "Message of {} bytes exceeds max_client_message_bytes ({})",
+                text.len(),
+                self.limits.max_client_message_bytes
+            );
+            return self.error(ctx, &msg, None);
+        }
+        let message = match parse_client(text) {
+            Ok(m) => m,
+            Err(e) => return self.error(ctx, &e.to_string(), None),
+        };
+        if !self.bucket.take() {
+            Metrics::inc(&self.metrics.actions_refused_total);
+            let id = match &message {
+                ClientMessage::Action { client_id, .. } => client_id.clone(),
+                ClientMessage::Proxy { .. } => None,
+            };
+            let msg = format!("Rate limit exceeded ({} actions per second)", self.limits.actions_per_second);
+            return self.error(ctx, &msg, id.as_deref());
+        }
+        match message {
+            ClientMessage::Action {
+                action,
+                server,
+                client_id,
+            } => self.on_action(action, server, client_id, ctx),
+            ClientMessage::Proxy { name, .. } => self.on_proxy(&name, ctx),
+        }
+    }
+
+    fn on_action(
+        &mut self,
+        action: crate::ami::Action,
+        server: Option<u32>,
+        client_id: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let id = client_id.as_deref();
+        // The PBX login belongs to amihub: clients' Login/Challenge/Logoff never reach a PBX.
+        match action.name().to_ascii_lowercase().as_str() {
+            "login" => {
+                let mut fields = vec![
+                    ("Response", "Success"),
+                    ("Message", "Authentication accepted (amihub holds the PBX logins)"),
+                ];
+                fields.extend(id.map(|id| ("ActionID", id)));
+                self.reply(ctx, encode_reply(None, &fields));
+            }
+            "challenge" => {
+                let challenge = format!("{:09}", rand::random::<u32>() % 1_000_000_000);
+                let mut fields = vec![("Response", "Success"), ("Challenge", challenge.as_str())];
+                fields.extend(id.map(|id| ("ActionID", id)));
+                self.reply(ctx, encode_reply(None, &fields));
+            }
+            "logoff" => {
+                let mut fields = vec![("Response", "Goodbye"), ("Message", "Thanks for all the fish.")];
+                fields.extend(id.map(|id| ("ActionID", id)));
+                self.reply(ctx, encode_reply(None, &fields));
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Normal,
+                    description: Some("Logoff".into()),
+                }));
+                ctx.stop();
+            }
+            _ => self.registry.do_send(ClientRequest {
+                session: self.id,
+                action,
+                server,
+                client_id,
+            }),
+        }
+    }
+
+    fn on_proxy(&mut self, name: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match name {
+            "ListServers" => {
+                self.registry
+                    .send(ListServers)
+                    .into_actor(self)
+                    .map(|res, act, ctx| match res {
+                        Ok(servers) => {
+                            let data = json!({"Response": "Success", "ProxyAction": "ListServers", "Servers": servers});
+                            act.reply(ctx, encode_reply_value(&data));
+                        }
+                        Err(_) => act.error(ctx, "registry unavailable", None),
+                    })
+                    .wait(ctx);
+            }
+            other => self.error(ctx, &format!("Unknown ProxyAction {other:?}"), None),
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        Metrics::inc(&self.metrics.ws_sessions_total);
+        self.registry.do_send(Join {
+            session: self.id,
+            out: ctx.address().recipient(),
+            close: ctx.address().recipient(),
+            io: self.io.clone(),
+        });
+        let every = Duration::from_secs(self.limits.ws_ping_interval_s);
+        let idle = Duration::from_secs(self.limits.ws_idle_timeout_s);
+        ctx.run_interval(every, move |act, ctx| {
+            if act.last_heard.elapsed() > idle {
+                log::info!("session {}: no sign of life for {} s, closing", act.id, idle.as_secs());
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Away,
+                    description: Some("idle timeout".into()),
+                }));
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        self.registry.do_send(Leave { session: self.id });
+        Running::Stop
+    }
+}
+
+impl Handler<Deliver> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        for frame in msg.frames.iter() {
+            ctx.text(frame.clone());
+        }
+    }
+}
+
+impl Handler<CloseSession> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(msg.code),
+            description: Some(msg.reason),
+        }));
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => {
+                self.error(ctx, "Only text frames with JSON are accepted", None)
+            }
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(e) => {
+                log::info!("session {}: protocol error: {e}", self.id);
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Size,
+                    description: Some(e.to_string()),
+                }));
+                ctx.stop();
+            }
+        }
+    }
+}
