@@ -60,14 +60,20 @@ fn bench(c: &mut Criterion) {
     let mut bytes = c.benchmark_group("decode_bytes");
     for (name, stream) in &inputs {
         bytes.throughput(Throughput::Bytes(stream.len() as u64));
-        bytes.bench_function(format!("{name}_whole"), |b| b.iter(|| decode(stream, stream.len())));
-        bytes.bench_function(format!("{name}_4k_reads"), |b| b.iter(|| decode(stream, 4096)));
+        bytes.bench_function(format!("{name}_whole"), |b| {
+            b.iter(|| decode(stream, stream.len()))
+        });
+        bytes.bench_function(format!("{name}_4k_reads"), |b| {
+            b.iter(|| decode(stream, 4096))
+        });
     }
     bytes.finish();
     let mut packets = c.benchmark_group("decode_packets");
     for (name, stream) in &inputs {
         packets.throughput(Throughput::Elements(decode(stream, stream.len()) as u64));
-        packets.bench_function(format!("{name}_4k_reads"), |b| b.iter(|| decode(stream, 4096)));
+        packets.bench_function(format!("{name}_4k_reads"), |b| {
+            b.iter(|| decode(stream, 4096))
+        });
     }
     packets.finish();
 }

@@ -380,8 +380,7 @@ impl Settings {
             );
         }
         let a = &self.ami;
-        if a.max_line_bytes < 1024 || a.max_packet_bytes < a.max_line_bytes || a.max_headers < 16
-        {
+        if a.max_line_bytes < 1024 || a.max_packet_bytes < a.max_line_bytes || a.max_headers < 16 {
             problems.push(
                 "ami: need max_line_bytes >= 1024, max_packet_bytes >= max_line_bytes, max_headers >= 16"
                     .into(),

@@ -40,6 +40,21 @@ fn init_logging(format: LogFormat) {
     builder.init();
 }
 
+/// Thousands of WebSocket sessions need thousands of descriptors: lift the soft limit to the hard one.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(path) = &cli.check_config {
@@ -62,9 +77,13 @@ fn main() -> anyhow::Result<()> {
         }
     };
     init_logging(settings.log.format);
+    raise_fd_limit();
     let _sims = if cli.demo {
         let sims = amihub::demo::start(&mut settings).context("starting the demo PBXs")?;
-        log::info!("demo mode: two simulated PBXs; open http://{}/", settings.http.listen);
+        log::info!(
+            "demo mode: two simulated PBXs; open http://{}/",
+            settings.http.listen
+        );
         sims
     } else {
         if settings.servers.is_empty() {

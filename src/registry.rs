@@ -13,8 +13,8 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use serde::Serialize;
 
-use crate::ami::{Action, Packet};
 use crate::ami::Limits;
+use crate::ami::{Action, Packet};
 use crate::config::{LimitSettings, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::pbx::{PbxConn, SendAction, ServerStatus, Shutdown as PbxShutdown};
@@ -178,7 +178,13 @@ impl Registry {
     }
 
     /// Queues frames to one session, or cuts it loose if that would pass its byte bound.
-    fn send_to(&mut self, ctx: &mut Context<Self>, session: u64, frames: Arc<[ByteString]>, bytes: usize) {
+    fn send_to(
+        &mut self,
+        ctx: &mut Context<Self>,
+        session: u64,
+        frames: Arc<[ByteString]>,
+        bytes: usize,
+    ) {
         let Some(entry) = self.sessions.get(&session) else {
             return;
         };
@@ -223,8 +229,17 @@ impl Registry {
         self.send_to(ctx, session, Arc::from(vec![frame]), len);
     }
 
-    fn error_reply(&mut self, ctx: &mut Context<Self>, session: u64, server: Option<u32>, id: Option<&str>, message: &str) {
-        let tag = server.and_then(|s| self.servers.get(&s)).map(|e| e.tag.clone());
+    fn error_reply(
+        &mut self,
+        ctx: &mut Context<Self>,
+        session: u64,
+        server: Option<u32>,
+        id: Option<&str>,
+        message: &str,
+    ) {
+        let tag = server
+            .and_then(|s| self.servers.get(&s))
+            .map(|e| e.tag.clone());
         let mut fields = vec![("Response", "Error"), ("Message", message)];
         if let Some(id) = id {
             fields.push(("ActionID", id));
@@ -252,7 +267,8 @@ impl Registry {
         };
         let is_response = packet.get("Response").is_some();
         let event = packet.event().unwrap_or("");
-        if !is_response && !p.list && !(p.async_originate && event == "OriginateResponse") {
+        let targeted = is_response || p.list || (p.async_originate && event == "OriginateResponse");
+        if !targeted {
             // An event that merely carries the id (UserEvent) is a broadcast.
             return false;
         }
@@ -260,14 +276,21 @@ impl Registry {
         if is_response {
             p.responded = true;
             let msg = packet.get("Message").unwrap_or("");
-            p.list = packet.get("EventList").is_some_and(|v| v.eq_ignore_ascii_case("start"))
+            p.list = packet
+                .get("EventList")
+                .is_some_and(|v| v.eq_ignore_ascii_case("start"))
                 || msg.ends_with("will follow");
-            let success = packet.get("Response").is_some_and(|r| r.eq_ignore_ascii_case("Success"));
+            let success = packet
+                .get("Response")
+                .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
             if p.async_originate && success {
                 p.deadline = Instant::now() + ORIGINATE_WAIT;
             }
-            done = !p.list && !(p.async_originate && success);
-        } else if packet.get("EventList").is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
+            let awaits_more = p.list || (p.async_originate && success);
+            done = !awaits_more;
+        } else if packet
+            .get("EventList")
+            .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
             || (event.ends_with("Complete") && p.list)
             || event == "OriginateResponse"
         {
@@ -311,12 +334,23 @@ impl Registry {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in expired {
-            let Some(p) = self.pending.get(&seq) else { continue };
+            let Some(p) = self.pending.get(&seq) else {
+                continue;
+            };
             let (session, server, responded) = (p.session, p.server_id, p.responded);
-            let id = p.client_id.clone().unwrap_or_else(|| format!("{ID_PREFIX}{seq}"));
+            let id = p
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("{ID_PREFIX}{seq}"));
             self.finish_pending(seq);
             if !responded {
-                self.error_reply(ctx, session, Some(server), Some(&id), "Timeout waiting for the PBX to respond");
+                self.error_reply(
+                    ctx,
+                    session,
+                    Some(server),
+                    Some(&id),
+                    "Timeout waiting for the PBX to respond",
+                );
             }
         }
     }
@@ -324,11 +358,20 @@ impl Registry {
     fn send_action(&mut self, ctx: &mut Context<Self>, req: &ClientRequest, server_id: u32) {
         let shown_id = req.client_id.as_deref();
         let Some(server) = self.servers.get(&server_id) else {
-            self.error_reply(ctx, req.session, None, shown_id, &format!("Unknown server {server_id}"));
+            self.error_reply(
+                ctx,
+                req.session,
+                None,
+                shown_id,
+                &format!("Unknown server {server_id}"),
+            );
             return;
         };
         if server.status != ServerStatus::Connected {
-            let msg = format!("Server {server_id} is not connected ({})", server.status.as_str());
+            let msg = format!(
+                "Server {server_id} is not connected ({})",
+                server.status.as_str()
+            );
             self.error_reply(ctx, req.session, Some(server_id), shown_id, &msg);
             return;
         }
@@ -337,7 +380,13 @@ impl Registry {
             return;
         };
         if session.pending >= self.limits.max_pending_actions_per_session {
-            self.error_reply(ctx, req.session, Some(server_id), shown_id, "Too many outstanding actions");
+            self.error_reply(
+                ctx,
+                req.session,
+                Some(server_id),
+                shown_id,
+                "Too many outstanding actions",
+            );
             return;
         }
         session.pending += 1;
@@ -346,7 +395,9 @@ impl Registry {
         let mut action = req.action.clone();
         action.set("ActionID", format!("{ID_PREFIX}{seq}"));
         let async_originate = action.name().eq_ignore_ascii_case("Originate")
-            && action.get("Async").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "1"));
+            && action
+                .get("Async")
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "1"));
         self.pending.insert(
             seq,
             Pending {
@@ -360,16 +411,23 @@ impl Registry {
             },
         );
         let session_id = req.session;
-        let shown = req.client_id.clone().unwrap_or_else(|| format!("{ID_PREFIX}{seq}"));
-        ctx.spawn(addr.send(SendAction { action }).into_actor(self).map(move |res, act, ctx| {
-            let err = match res {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
-            act.finish_pending(seq);
-            act.error_reply(ctx, session_id, Some(server_id), Some(&shown), &err);
-        }));
+        let shown = req
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{ID_PREFIX}{seq}"));
+        ctx.spawn(
+            addr.send(SendAction { action })
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let err = match res {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    act.finish_pending(seq);
+                    act.error_reply(ctx, session_id, Some(server_id), Some(&shown), &err);
+                }),
+        );
     }
 }
 
@@ -423,7 +481,9 @@ impl Handler<PbxPackets> for Registry {
                 continue;
             }
             let id = item.packet.action_id().unwrap_or("");
-            let seq = id.strip_prefix(ID_PREFIX).and_then(|s| s.parse::<u64>().ok());
+            let seq = id
+                .strip_prefix(ID_PREFIX)
+                .and_then(|s| s.parse::<u64>().ok());
             if let Some(seq) = seq.filter(|s| self.pending.contains_key(s)) {
                 // Keep wire order for everyone: flush what came before this reply first.
                 let before = std::mem::take(&mut segment);
@@ -475,9 +535,14 @@ impl Handler<PbxStatusChanged> for Registry {
                 .map(|(seq, _)| *seq)
                 .collect();
             for seq in lost {
-                let Some(p) = self.pending.get(&seq) else { continue };
+                let Some(p) = self.pending.get(&seq) else {
+                    continue;
+                };
                 let session = p.session;
-                let id = p.client_id.clone().unwrap_or_else(|| format!("{ID_PREFIX}{seq}"));
+                let id = p
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{ID_PREFIX}{seq}"));
                 self.finish_pending(seq);
                 let text = format!("Server {} disconnected: {}", msg.server_id, msg.reason);
                 self.error_reply(ctx, session, Some(msg.server_id), Some(&id), &text);
@@ -529,7 +594,13 @@ impl Handler<ClientRequest> for Registry {
             None => self.servers.keys().copied().collect(),
         };
         if targets.is_empty() {
-            self.error_reply(ctx, req.session, None, req.client_id.as_deref(), "No servers configured");
+            self.error_reply(
+                ctx,
+                req.session,
+                None,
+                req.client_id.as_deref(),
+                "No servers configured",
+            );
         }
         for id in targets {
             self.send_action(ctx, &req, id);
@@ -553,7 +624,10 @@ impl Handler<ListServers> for Registry {
                     status: s.status.as_str(),
                     reason: s.reason.clone(),
                     banner: s.banner.clone(),
-                    since_ms: s.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                    since_ms: s
+                        .since
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
                     connects: s.connects,
                 })
                 .collect(),
@@ -571,7 +645,11 @@ impl Handler<Shutdown> for Registry {
                 reason: "amihub shutting down".into(),
             });
         }
-        let logoffs: Vec<_> = self.servers.values().map(|s| s.addr.send(PbxShutdown)).collect();
+        let logoffs: Vec<_> = self
+            .servers
+            .values()
+            .map(|s| s.addr.send(PbxShutdown))
+            .collect();
         Box::pin(async move {
             futures_util::future::join_all(logoffs).await;
         })

@@ -44,7 +44,11 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     if let Ok(addr) = listener.local_addr() {
         log::info!(
             "listening on {}://{addr} with {} server(s)",
-            if settings.http.tls_cert.is_some() { "https" } else { "http" },
+            if settings.http.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             settings.servers.len()
         );
     }
@@ -70,7 +74,10 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

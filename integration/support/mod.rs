@@ -30,7 +30,14 @@ pub struct Amihub {
 }
 
 /// A `[[servers]]` entry pointing at a simulator.
-pub fn server_toml(id: u32, name: &str, sim: &SimPbx, user: &str, secret: &str, extra: &str) -> String {
+pub fn server_toml(
+    id: u32,
+    name: &str,
+    sim: &SimPbx,
+    user: &str,
+    secret: &str,
+    extra: &str,
+) -> String {
     format!(
         "[[servers]]\nid = {id}\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nusername = \"{user}\"\nsecret = \"{secret}\"\n{extra}\n",
         sim.addr().ip(),
@@ -47,7 +54,9 @@ pub async fn sim(name: &str) -> SimPbx {
         demo_traffic: false,
         ..SimConfig::default()
     };
-    SimPbx::start("127.0.0.1:0", cfg).await.expect("start simulator")
+    SimPbx::start("127.0.0.1:0", cfg)
+        .await
+        .expect("start simulator")
 }
 
 impl Amihub {
@@ -67,7 +76,9 @@ impl Amihub {
         );
         std::fs::write(&path, full).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_amihub"));
-        cmd.arg("--config").arg(&path).env("RUST_LOG", "info,actix_server=warn");
+        cmd.arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,actix_server=warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -100,7 +111,12 @@ impl Amihub {
                 panic!("amihub did not start: {:?}", log.lock().unwrap());
             }
         };
-        Amihub { child, addr, log, _dir: dir }
+        Amihub {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
     }
 
     pub fn ws_url(&self, path: &str) -> String {
@@ -117,7 +133,13 @@ impl Amihub {
     }
 
     /// A plain HTTP/1.1 request; returns status and body.
-    pub async fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         let mut s = TcpStream::connect(self.addr).await.expect("connect http");
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -141,7 +163,10 @@ impl Amihub {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, decode_chunked(&text, body))
     }
 
@@ -157,12 +182,17 @@ impl Amihub {
         loop {
             let v = self.get_json("/api/v1/servers").await;
             let found = v["servers"].as_array().and_then(|a| {
-                a.iter().find(|s| s["id"] == id).map(|s| s["status"] == status)
+                a.iter()
+                    .find(|s| s["id"] == id)
+                    .map(|s| s["status"] == status)
             });
             if found == Some(true) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "server {id} never became {status}: {v}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server {id} never became {status}: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -195,7 +225,8 @@ impl Amihub {
 
     /// Resident memory of the process in KiB (Linux /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -213,7 +244,10 @@ impl Drop for Amihub {
 }
 
 fn decode_chunked(head: &str, body: String) -> String {
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return body;
     }
     let mut out = String::new();
@@ -249,21 +283,33 @@ impl Client {
             .await
             .expect("ws connect timeout")
             .expect("ws connect");
-        Client { ws, seen: Vec::new() }
+        Client {
+            ws,
+            seen: Vec::new(),
+        }
     }
 
     pub async fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string())).await.expect("ws send");
+        self.ws
+            .send(Message::Text(v.to_string()))
+            .await
+            .expect("ws send");
     }
 
     pub async fn send_text(&mut self, t: &str) {
-        self.ws.send(Message::Text(t.to_string())).await.expect("ws send");
+        self.ws
+            .send(Message::Text(t.to_string()))
+            .await
+            .expect("ws send");
     }
 
     /// The next JSON message, or None on close/timeout.
     pub async fn next_json(&mut self, timeout: Duration) -> Option<Value> {
         loop {
-            let msg = tokio::time::timeout(timeout, self.ws.next()).await.ok()??.ok()?;
+            let msg = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
             if let Message::Text(t) = msg {
                 let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
                 self.seen.push(v.clone());

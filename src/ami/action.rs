@@ -28,7 +28,9 @@ pub enum ActionError {
 impl Action {
     /// An action whose first header is `Action: name`.
     pub fn new(name: &str) -> Action {
-        Action { headers: vec![("Action".to_owned(), name.to_owned())] }
+        Action {
+            headers: vec![("Action".to_owned(), name.to_owned())],
+        }
     }
 
     /// Appends a header (builder style).
@@ -44,7 +46,11 @@ impl Action {
 
     /// Replaces the value of the first header of this name (ASCII case-insensitive) or appends it.
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
-        match self.headers.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        match self
+            .headers
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             Some((_, v)) => *v = value.into(),
             None => self.push(name, value),
         }

@@ -106,23 +106,59 @@ enum Mode {
 /// ignored. Fails only when a bound is broken; invalid UTF-8 is replaced by U+FFFD first and the
 /// bounds are measured on the resulting text.
 pub fn parse_packet(frame: &[u8], limits: &Limits) -> Result<Packet, DiscardReason> {
+    parse_frame(frame, None, limits)
+}
+
+/// [`parse_packet`], given the offsets of the frame's LFs when the scanner already found them
+/// (offsets past the frame are ignored), so the decoder does not search for them twice.
+fn parse_frame(
+    frame: &[u8],
+    newlines: Option<&[u32]>,
+    limits: &Limits,
+) -> Result<Packet, DiscardReason> {
     if frame.len() > limits.max_packet_bytes {
         return Err(DiscardReason::PacketTooLarge);
     }
-    let text = match std::str::from_utf8(frame) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(frame).into_owned(),
+    let (text, newlines) = match std::str::from_utf8(frame) {
+        Ok(text) => (text.to_owned(), newlines),
+        // Replacement characters move the offsets: search the new text instead.
+        Err(_) => (String::from_utf8_lossy(frame).into_owned(), None),
     };
     if u32::try_from(text.len()).is_err() {
         return Err(DiscardReason::PacketTooLarge);
     }
     let bytes = text.as_bytes();
-    let mut headers: Vec<HeaderSpan> = Vec::with_capacity(16);
+    let (headers, raw) = match newlines {
+        Some(offsets) => {
+            let inside = offsets
+                .iter()
+                .map(|&o| o as usize)
+                .take_while(|&o| o < bytes.len());
+            parse_lines(bytes, Lines::new(bytes, inside), offsets.len() + 1, limits)?
+        }
+        None => parse_lines(
+            bytes,
+            Lines::new(bytes, memchr_iter(b'\n', bytes)),
+            16,
+            limits,
+        )?,
+    };
+    Ok(Packet::from_parts(text, headers, raw))
+}
+
+/// Splits the lines of `bytes` into header and raw-line spans; `lines` yields content ranges.
+fn parse_lines(
+    bytes: &[u8],
+    lines: impl Iterator<Item = (usize, usize)>,
+    max_lines: usize,
+    limits: &Limits,
+) -> Result<(Vec<HeaderSpan>, Vec<Span>), DiscardReason> {
+    let mut headers: Vec<HeaderSpan> = Vec::with_capacity(max_lines.min(limits.max_headers));
     let mut raw: Vec<Span> = Vec::new();
     // Blank lines seen in a raw section, kept only if another raw line follows them.
     let mut blanks = 0usize;
     let mut mode = Mode::Start;
-    for (start, end) in Lines::new(bytes) {
+    for (start, end) in lines {
         let line = &bytes[start..end];
         if line.len() > limits.max_line_bytes {
             return Err(DiscardReason::LineTooLong);
@@ -130,7 +166,10 @@ pub fn parse_packet(frame: &[u8], limits: &Limits) -> Result<Packet, DiscardReas
         // Header names are short: a plain loop beats memchr's setup.
         let colon = line.iter().position(|&b| b == b':');
         // Offsets fit in u32: the whole text was checked above.
-        let span = Span { start: start as u32, end: end as u32 };
+        let span = Span {
+            start: start as u32,
+            end: end as u32,
+        };
         match mode {
             Mode::Start if line.is_empty() => continue,
             Mode::Start => {
@@ -163,8 +202,11 @@ pub fn parse_packet(frame: &[u8], limits: &Limits) -> Result<Packet, DiscardReas
             _ if line.is_empty() => blanks += 1,
             _ => {
                 // Blank lines inside a raw section are output; trailing ones are dropped.
-                let empty = Span { start: span.start, end: span.start };
-                raw.extend(std::iter::repeat(empty).take(blanks));
+                let empty = Span {
+                    start: span.start,
+                    end: span.start,
+                };
+                raw.extend(std::iter::repeat_n(empty, blanks));
                 blanks = 0;
                 let marker = match mode {
                     Mode::FollowsBody => memmem::find(line, END_COMMAND),
@@ -177,31 +219,42 @@ pub fn parse_packet(frame: &[u8], limits: &Limits) -> Result<Packet, DiscardReas
                 // The marker may be glued to the last output line; keep the text around it.
                 let (m, after) = (start + m, start + m + END_COMMAND.len());
                 if m > start {
-                    raw.push(Span { start: span.start, end: m as u32 });
+                    raw.push(Span {
+                        start: span.start,
+                        end: m as u32,
+                    });
                 }
                 if after < end {
-                    raw.push(Span { start: after as u32, end: span.end });
+                    raw.push(Span {
+                        start: after as u32,
+                        end: span.end,
+                    });
                 }
             }
         }
     }
-    Ok(Packet::from_parts(text, headers, raw))
+    Ok((headers, raw))
 }
 
-/// The content ranges of the lines of a text: split at LF, one trailing CR removed.
-struct Lines<'a> {
+/// The content ranges of the lines of a text, given the offsets of its LFs: one trailing CR
+/// removed, the last line running to the end of the text.
+struct Lines<'a, I> {
     bytes: &'a [u8],
-    newlines: memchr::Memchr<'a>,
+    newlines: I,
     start: usize,
 }
 
-impl<'a> Lines<'a> {
-    fn new(bytes: &'a [u8]) -> Lines<'a> {
-        Lines { bytes, newlines: memchr_iter(b'\n', bytes), start: 0 }
+impl<'a, I: Iterator<Item = usize>> Lines<'a, I> {
+    fn new(bytes: &'a [u8], newlines: I) -> Lines<'a, I> {
+        Lines {
+            bytes,
+            newlines,
+            start: 0,
+        }
     }
 }
 
-impl Iterator for Lines<'_> {
+impl<I: Iterator<Item = usize>> Iterator for Lines<'_, I> {
     type Item = (usize, usize);
 
     fn next(&mut self) -> Option<(usize, usize)> {
@@ -209,9 +262,18 @@ impl Iterator for Lines<'_> {
         if start > self.bytes.len() {
             return None;
         }
-        let nl = self.newlines.next().unwrap_or(self.bytes.len());
+        let len = self.bytes.len();
+        let nl = self
+            .newlines
+            .next()
+            .filter(|&nl| nl >= start && nl < len)
+            .unwrap_or(len);
         self.start = nl + 1;
-        let end = if nl > start && self.bytes[nl - 1] == b'\r' { nl - 1 } else { nl };
+        let end = if nl > start && self.bytes[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
         Some((start, end))
     }
 }
@@ -224,8 +286,14 @@ fn header_span(text: &[u8], line: Span, colon: usize) -> HeaderSpan {
         value_start += 1;
     }
     HeaderSpan {
-        name: Span { start: line.start, end: name_end },
-        value: Span { start: value_start, end: line.end },
+        name: Span {
+            start: line.start,
+            end: name_end,
+        },
+        value: Span {
+            start: value_start,
+            end: line.end,
+        },
     }
 }
 
@@ -273,7 +341,11 @@ impl AmiDecoder {
     /// `expect_banner = true`: the first line (ended by LF) is returned as [`Frame::Banner`] (the
     /// client side of AMI). `false`: no banner (the server side, e.g. a simulator reading actions).
     pub fn new(limits: Limits, expect_banner: bool) -> Self {
-        AmiDecoder { limits, scanner: Scanner::new(limits, expect_banner), base: 0 }
+        AmiDecoder {
+            limits,
+            scanner: Scanner::new(limits, expect_banner),
+            base: 0,
+        }
     }
 
     /// The bounds this decoder enforces.
@@ -302,11 +374,14 @@ impl Decoder for AmiDecoder {
             }
             Step::Banner { start, end, next } => {
                 let line = &src[(start - self.base) as usize..(end - self.base) as usize];
-                (Frame::Banner(String::from_utf8_lossy(line).into_owned()), next)
+                (
+                    Frame::Banner(String::from_utf8_lossy(line).into_owned()),
+                    next,
+                )
             }
             Step::Packet { start, end, next } => {
                 let text = &src[(start - self.base) as usize..(end - self.base) as usize];
-                let frame = match parse_packet(text, &self.limits) {
+                let frame = match parse_frame(text, self.scanner.newlines(), &self.limits) {
                     Ok(packet) => Frame::Packet(packet),
                     Err(reason) => Frame::Discarded(reason),
                 };

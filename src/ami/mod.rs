@@ -1,10 +1,11 @@
 //! Bytes <-> AMI packets and actions: the sans-I/O Asterisk Manager Interface codec.
 //!
 //! This module owns the AMI wire format and nothing else:
-//! - [`codec`]: framing ([`find_frame_end`]), parsing ([`parse_packet`]) and the bounded,
+//! - `codec`: framing ([`find_frame_end`]), parsing ([`parse_packet`]) and the bounded,
 //!   incremental [`AmiDecoder`] that turns a byte stream into [`Frame`]s.
-//! - [`packet`]: the immutable incoming [`Packet`] (one `String` plus compact spans).
-//! - [`action`]: the outgoing [`Action`] and its encoder, which refuses header injection.
+//! - `scan`: the resumable line scanner behind both, which enforces the [`Limits`].
+//! - `packet`: the immutable incoming [`Packet`] (one `String` plus compact spans).
+//! - `action`: the outgoing [`Action`] and its [`AmiEncoder`], which refuse header injection.
 //!
 //! Invariant: this module is pure. It never imports actix, serde_json, sockets or clocks; it only
 //! sees byte slices and `BytesMut` buffers, so every behaviour is testable without I/O.

@@ -73,7 +73,10 @@ impl Packet {
             text.push_str(value);
             text.push_str("\r\n");
             spans.push(HeaderSpan {
-                name: Span { start: ns, end: ns + name.len() as u32 },
+                name: Span {
+                    start: ns,
+                    end: ns + name.len() as u32,
+                },
                 value: Span { start: vs, end: ve },
             });
         }

@@ -11,6 +11,8 @@ use super::codec::{is_follows, DiscardReason, Limits, END_COMMAND};
 /// Bytes kept of an over-long line while discarding: enough to find the marker across reads and
 /// to see the CR before a LF.
 const DISCARD_TAIL: u64 = END_COMMAND.len() as u64 + 1;
+/// Most LF offsets remembered per packet for the parser; past this it searches them itself.
+const MAX_REMEMBERED_LINES: usize = 8192;
 
 /// What the scanner found; offsets are absolute stream positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub(super) enum Step {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
+enum Phase {
     /// Waiting for the banner line.
     Banner,
     /// Between packets: blank lines are skipped.
@@ -64,13 +66,20 @@ pub(super) struct Scanner {
     marker_scanned: u64,
     /// The current packet broke this bound and is being skipped.
     discard: Option<DiscardReason>,
+    /// Offsets from `packet_start` of the packet's LFs, so the parser need not search again;
+    /// `None` once there were too many to remember.
+    newlines: Option<Vec<u32>>,
 }
 
 impl Scanner {
     pub(super) fn new(limits: Limits, expect_banner: bool) -> Scanner {
         Scanner {
             limits,
-            phase: if expect_banner { Phase::Banner } else { Phase::Gap },
+            phase: if expect_banner {
+                Phase::Banner
+            } else {
+                Phase::Gap
+            },
             pos: 0,
             line_start: 0,
             packet_start: 0,
@@ -80,6 +89,7 @@ impl Scanner {
             marker_seen: false,
             marker_scanned: 0,
             discard: None,
+            newlines: Some(Vec::new()),
         }
     }
 
@@ -111,19 +121,36 @@ impl Scanner {
         let ls = self.line_start;
         self.line_start = nl + 1;
         let at = |p: u64| buf[(p - base) as usize];
-        let ce = if nl > ls && at(nl - 1) == b'\r' { nl - 1 } else { nl };
+        let ce = if nl > ls && at(nl - 1) == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
         let next = nl + 1;
         match self.phase {
             Phase::Banner => {
                 self.phase = Phase::Gap;
                 if self.discard.take().is_some() || ce - ls > self.limits.max_line_bytes as u64 {
-                    return Some(Step::Discarded { reason: DiscardReason::LineTooLong, next });
+                    return Some(Step::Discarded {
+                        reason: DiscardReason::LineTooLong,
+                        next,
+                    });
                 }
-                return Some(Step::Banner { start: ls, end: ce, next });
+                return Some(Step::Banner {
+                    start: ls,
+                    end: ce,
+                    next,
+                });
             }
             Phase::Gap if ce == ls => return None,
             Phase::Gap => self.begin_packet(ls),
             Phase::Packet => {}
+        }
+        if let Some(newlines) = &mut self.newlines {
+            match u32::try_from(nl - self.packet_start) {
+                Ok(offset) if newlines.len() < MAX_REMEMBERED_LINES => newlines.push(offset),
+                _ => self.newlines = None,
+            }
         }
         if ce == ls {
             if self.follows && !self.marker_seen {
@@ -138,7 +165,11 @@ impl Scanner {
             self.phase = Phase::Gap;
             return Some(match self.discard.take() {
                 Some(reason) => Step::Discarded { reason, next },
-                None => Step::Packet { start: self.packet_start, end: self.frame_end, next },
+                None => Step::Packet {
+                    start: self.packet_start,
+                    end: self.frame_end,
+                    next,
+                },
             });
         }
         if self.discard.is_none() {
@@ -216,12 +247,23 @@ impl Scanner {
         self.follows = false;
         self.marker_seen = false;
         self.marker_scanned = start;
+        match &mut self.newlines {
+            Some(newlines) => newlines.clear(),
+            None => self.newlines = Some(Vec::new()),
+        }
+    }
+
+    /// The LF offsets of the packet just returned by `step`, relative to its start, if known.
+    pub(super) fn newlines(&self) -> Option<&[u32]> {
+        self.newlines.as_deref()
     }
 
     /// Searches the line starting at `ls` up to `upto` for the marker, overlapping the last search.
     fn scan_marker(&mut self, buf: &[u8], base: u64, ls: u64, upto: u64) {
         let overlap = END_COMMAND.len() as u64 - 1;
-        let from = ls.max(self.marker_scanned.saturating_sub(overlap)).max(base);
+        let from = ls
+            .max(self.marker_scanned.saturating_sub(overlap))
+            .max(base);
         if upto > from {
             let hay = &buf[(from - base) as usize..(upto - base) as usize];
             if memmem::find(hay, END_COMMAND).is_some() {
@@ -239,9 +281,7 @@ impl Scanner {
             _ => self.line_start,
         }
     }
-}
 
-impl Scanner {
     /// At end of stream (after `step` returned `NeedMore`): the frame of a final unterminated
     /// packet, if there is one that broke no bound. Leaves the scanner between packets at the end.
     pub(super) fn finish(&mut self, buf: &[u8], base: u64) -> Option<(u64, u64)> {
@@ -249,7 +289,11 @@ impl Scanner {
         let ls = self.line_start;
         let mut frame = None;
         if self.phase == Phase::Packet && self.pos == end && ls >= base {
-            let ce = if end > ls && buf[buf.len() - 1] == b'\r' { end - 1 } else { end };
+            let ce = if end > ls && buf[buf.len() - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
             if self.discard.is_none() && ce > ls {
                 self.discard = self.broken_bound(ls, ce);
                 self.frame_end = ce;

@@ -47,10 +47,11 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
         .on_connect(record_socket);
     let server = match (&http.tls_cert, &http.tls_key) {
         (Some(cert), Some(key)) => {
-            let tls_err = |file: &std::path::Path, e: openssl::error::ErrorStack| ListenError::Tls {
-                file: file.display().to_string(),
-                message: e.to_string(),
-            };
+            let tls_err =
+                |file: &std::path::Path, e: openssl::error::ErrorStack| ListenError::Tls {
+                    file: file.display().to_string(),
+                    message: e.to_string(),
+                };
             let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
                 .map_err(|e| tls_err(cert, e))?;
             b.set_private_key_file(key, SslFiletype::PEM)

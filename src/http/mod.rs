@@ -3,7 +3,7 @@
 
 pub mod listener;
 
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -61,7 +61,10 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
         // Not a browser (browsers always send Origin on WebSocket upgrades).
         return true;
     };
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     let host = req.connection_info().host().to_string();
@@ -85,12 +88,11 @@ async fn ws_upgrade(
             .json(json!({"error": "max_sessions reached", "max_sessions": limits.max_sessions})));
     };
     let mut res = ws::handshake(&req)?;
-    let socket = req.conn_data::<ConnSocket>().and_then(|s| {
-        // SAFETY: the connection (and so its fd) is alive while its request is being handled.
-        let fd = unsafe { BorrowedFd::borrow_raw(s.0) };
-        fd.try_clone_to_owned().ok()
-    });
-    let io = SessionIo::new(socket.map(OwnedFd::from), Some(slot));
+    let socket = req
+        .conn_data::<ConnSocket>()
+        .zip(req.peer_addr())
+        .map(|(s, peer)| (s.0, peer));
+    let io = SessionIo::new(socket, Some(slot));
     let id = state.next_session.fetch_add(1, Relaxed);
     let session = WsSession::new(
         id,

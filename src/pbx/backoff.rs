@@ -29,7 +29,9 @@ impl Backoff {
     /// The delay before reconnect attempt `attempt` (1 = first retry). `sample` is a uniform
     /// random number in [0, 1): 0.5 gives the un-jittered delay. Never exceeds `max_ms`.
     pub fn delay(&self, attempt: u32, sample: f64) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let base = (self.initial_ms as f64 * exp).min(self.max_ms as f64);
         let factor = 1.0 + self.jitter * (2.0 * sample.clamp(0.0, 1.0) - 1.0);
         let ms = (base * factor).clamp(0.0, self.max_ms as f64);

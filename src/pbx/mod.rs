@@ -193,7 +193,9 @@ impl PbxConn {
 
     fn attach(&mut self, io: Box<dyn connect::AmiIo>, ctx: &mut Context<Self>) {
         let (read, mut write) = tokio::io::split(io);
-        ctx.add_stream(FramedRead::new(read, AmiDecoder::new(self.limits, true)).ready_chunks(BATCH));
+        ctx.add_stream(
+            FramedRead::new(read, AmiDecoder::new(self.limits, true)).ready_chunks(BATCH),
+        );
         let (tx, mut rx) = mpsc::channel::<Action>(WRITE_QUEUE);
         self.writer = Some(tx);
         // The writer drains whatever is queued into one buffer per write; it ends when the actor
@@ -281,7 +283,9 @@ impl PbxConn {
     }
 
     fn on_login_reply(&mut self, ctx: &mut Context<Self>, p: &Packet) {
-        let ok = p.get("Response").is_some_and(|r| r.eq_ignore_ascii_case("Success"));
+        let ok = p
+            .get("Response")
+            .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
         if !ok {
             let msg = p.get("Message").unwrap_or("login refused").to_string();
             self.auth_failed = true;
@@ -386,11 +390,17 @@ impl Supervised for PbxConn {
             .connected_at
             .take()
             .is_some_and(|t| t.elapsed() >= Duration::from_secs(self.reconnect.reset_after_s));
-        self.attempt = if stayed_up { 1 } else { self.attempt.saturating_add(1) };
+        self.attempt = if stayed_up {
+            1
+        } else {
+            self.attempt.saturating_add(1)
+        };
         self.writer = None;
         self.ping_outstanding = None;
         if was_connected {
-            self.metrics.pbx_connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .pbx_connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             Metrics::inc(&self.metrics.pbx_disconnects_total);
         }
         if let Some(tx) = self.goodbye.take() {
@@ -398,7 +408,11 @@ impl Supervised for PbxConn {
         }
         let reason = std::mem::take(&mut self.reason);
         if !self.auth_failed {
-            let reason = if reason.is_empty() { "connection lost".into() } else { reason };
+            let reason = if reason.is_empty() {
+                "connection lost".into()
+            } else {
+                reason
+            };
             self.status(ServerStatus::Disconnected, &reason, None);
         }
         self.phase = Phase::Idle;
@@ -420,7 +434,10 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
                     if let Some(p) = self.on_packet(ctx, p) {
                         // Packets with an ActionID may be routed to one session with its own id;
                         // the registry renders those. Everything else is rendered once, here.
-                        let json = p.action_id().is_none().then(|| encode_packet(&self.tag, &p, None));
+                        let json = p
+                            .action_id()
+                            .is_none()
+                            .then(|| encode_packet(&self.tag, &p, None));
                         items.push(Inbound { packet: p, json });
                     }
                 }
@@ -463,7 +480,10 @@ impl Handler<SendAction> for PbxConn {
             return Err(PbxError::NotConnected { server_id });
         }
         msg.action.to_bytes()?;
-        let writer = self.writer.as_ref().ok_or(PbxError::NotConnected { server_id })?;
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or(PbxError::NotConnected { server_id })?;
         writer.try_send(msg.action).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PbxError::QueueFull { server_id },
             mpsc::error::TrySendError::Closed(_) => PbxError::NotConnected { server_id },

@@ -268,43 +268,42 @@ const COMMANDS: [(&str, &str); 19] = [
     ("Status", "List channel status"),
 ];
 
+/// What `core show version` says after the version number.
+const BUILD_INFO: &str = "built by sim @ amihub on a x86_64 running Linux on";
+
 /// Output lines of a CLI command, and whether it exists.
 fn cli(w: &World, cmd: &str) -> (bool, Vec<String>) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
-    let up = now().as_secs().saturating_sub(w.started.as_secs());
-    match words.as_slice() {
-        ["core", "show", "version"] => (
-            true,
-            vec![format!(
-                "Asterisk {ASTERISK_VERSION} built by sim @ amihub on a x86_64 running Linux on {} {} UTC",
-                date(w.started.as_secs()),
-                clock(w.started.as_secs())
-            )],
-        ),
-        ["core", "show", "uptime", ..] => (
-            true,
-            vec![format!("System uptime: {}", span(up)), format!("Last reload: {}", span(up))],
-        ),
+    let start = w.started.as_secs();
+    let up = span(now().as_secs().saturating_sub(start));
+    let row = |a: &str, b: &str, c: &str, d: &str| format!("{a:<32} {b:<24} {c:<7} {d}");
+    let lines = match words.as_slice() {
+        ["core", "show", "version"] => {
+            let built = format!("{} {} UTC", date(start), clock(start));
+            vec![format!("Asterisk {ASTERISK_VERSION} {BUILD_INFO} {built}")]
+        }
+        ["core", "show", "uptime", ..] => {
+            vec![format!("System uptime: {up}"), format!("Last reload: {up}")]
+        }
         ["core", "show", "channels", ..] => {
-            let mut out = vec![format!("{:<32} {:<24} {:<7} {}", "Channel", "Location", "State", "Application(Data)")];
+            let mut out = vec![row("Channel", "Location", "State", "Application(Data)")];
             for c in w.chans.values() {
                 let location = format!("{}@{}:{}", c.exten, c.context, c.priority);
                 let app = format!("{}({})", c.app, c.app_data);
-                out.push(format!("{:<32} {:<24} {:<7} {}", c.name, location, state_desc(c.state), app));
+                out.push(row(&c.name, &location, state_desc(c.state), &app));
             }
             out.push(plural(w.chans.len() as u64, "active channel", ""));
             out.push(plural(w.calls.len() as u64, "active call", ""));
             out.push(plural(w.processed, "call", " processed"));
-            (true, out)
+            out
         }
         _ => {
             let hint = words.iter().take(2).copied().collect::<Vec<_>>().join(" ");
-            (
-                false,
-                vec![format!("No such command '{cmd}' (type 'core show help {hint}' for other possible commands)")],
-            )
+            let help = format!("type 'core show help {hint}' for other possible commands");
+            return (false, vec![format!("No such command '{cmd}' ({help})")]);
         }
-    }
+    };
+    (true, lines)
 }
 
 /// `1 active channel`, `2 calls processed`.

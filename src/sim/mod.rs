@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc::error::TrySendError, Notify};
+use tokio::sync::{broadcast, mpsc::error::TrySendError, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::Packet;
@@ -122,7 +122,8 @@ pub(crate) struct Inner {
     cfg: SimConfig,
     addr: SocketAddr,
     fail_auth: AtomicBool,
-    silent: AtomicBool,
+    /// Black-hole mode; a watch so held-back banners go out when it ends.
+    silent: watch::Sender<bool>,
     refuse: AtomicBool,
     stats: Counters,
     conns: Mutex<HashMap<u64, ConnHandle>>,
@@ -141,7 +142,8 @@ pub(crate) struct Inner {
 const ACTIONS_BACKLOG: usize = 8192;
 
 impl SimPbx {
-    /// Binds `addr` (use "127.0.0.1:0" for ephemeral) and serves with tokio::spawn on the current runtime.
+    /// Binds `addr` (use "127.0.0.1:0" for ephemeral) and serves with tokio::spawn on the
+    /// current runtime.
     pub async fn start(addr: &str, cfg: SimConfig) -> std::io::Result<SimPbx> {
         let listener = TcpListener::bind(addr).await?;
         let inner = Arc::new(Inner {
@@ -149,7 +151,7 @@ impl SimPbx {
             world: Mutex::new(World::new(&cfg.name, cfg.seed)),
             cfg,
             fail_auth: AtomicBool::new(false),
-            silent: AtomicBool::new(false),
+            silent: watch::Sender::new(false),
             refuse: AtomicBool::new(false),
             stats: Counters::default(),
             conns: Mutex::new(HashMap::new()),
@@ -169,8 +171,8 @@ impl SimPbx {
         Ok(SimPbx { inner })
     }
 
-    /// Starts on a dedicated std thread with its own current-thread tokio runtime (used by demo mode and
-    /// tests that are not inside tokio). Returns once bound.
+    /// Starts on a dedicated std thread with its own current-thread tokio runtime (used by demo
+    /// mode and tests that are not inside tokio). Returns once bound.
     pub fn start_in_thread(addr: &str, cfg: SimConfig) -> std::io::Result<SimPbx> {
         let (tx, rx) = std::sync::mpsc::channel();
         let addr = addr.to_string();
@@ -214,9 +216,9 @@ impl SimPbx {
     }
 
     /// Black hole: sockets stay open, nothing is answered (not even Ping), no events or floods
-    /// are sent, and new connections get no banner.
+    /// are sent, and new connections get their banner only once it is turned off.
     pub fn set_silent(&self, on: bool) {
-        self.inner.silent.store(on, Relaxed);
+        self.inner.silent.send_replace(on);
     }
 
     /// New connections are accepted, then closed at once.
@@ -291,7 +293,8 @@ impl SimPbx {
         }
     }
 
-    /// Wait (polling every 10 ms up to `timeout`) until `pred(stats)` holds; returns whether it did.
+    /// Waits (polling every 10 ms up to `timeout`) until `pred(stats)` holds; returns whether
+    /// it did.
     pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&SimStats) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
@@ -321,7 +324,7 @@ impl Inner {
     }
 
     fn broadcast(&self, bits: u32, bytes: &Bytes) {
-        if !self.silent.load(Relaxed) {
+        if !*self.silent.borrow() {
             self.each_logged_in(bits, || Out::Event(bytes.clone()));
         }
     }

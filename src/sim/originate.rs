@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::model::{chan_headers, Call, NewChan, Step};
+use super::model::{Call, NewChan, Step};
 use super::queue::join_queue;
 use super::wire::Msg;
 use super::world::World;
@@ -121,16 +121,19 @@ pub(crate) fn originate(w: &mut World, req: OriginateReq) {
             device: Some(device.clone()),
             linkedid,
         });
-        let mut m = Msg::event("LocalBridge", "call");
-        if let (Some(a), Some(b)) = (w.chans.get(&one), w.chans.get(&two)) {
-            chan_headers(&mut m, "LocalOne", a);
-            chan_headers(&mut m, "LocalTwo", b);
-        }
-        m.h("Context", ctx)
-            .h("Exten", exten)
-            .h("LocalOptimization", "Yes");
-        w.emit(m);
-        w.dest_event("DialBegin", &one, &[("DialString", resource)]);
+        let halves = [("LocalOne", one.as_str()), ("LocalTwo", two.as_str())];
+        let local = [
+            ("Context", ctx),
+            ("Exten", exten),
+            ("LocalOptimization", "Yes"),
+        ];
+        w.event_of("LocalBridge", "call", &halves, &local);
+        w.event_of(
+            "DialBegin",
+            "call",
+            &[("Dest", &one)],
+            &[("DialString", resource)],
+        );
         w.set_state(&two, 6);
         (one, Some(two))
     } else {
@@ -142,7 +145,12 @@ pub(crate) fn originate(w: &mut World, req: OriginateReq) {
     originate_response(w, &req, Some(&first));
     w.set_state(&first, 6);
     if second.is_some() {
-        w.dest_event("DialEnd", &first, &[("DialStatus", "ANSWER")]);
+        w.event_of(
+            "DialEnd",
+            "call",
+            &[("Dest", &first)],
+            &[("DialStatus", "ANSWER")],
+        );
     }
     let id = w.next_id();
     let mut chans = vec![first];

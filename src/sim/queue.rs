@@ -209,7 +209,8 @@ pub(crate) fn agent_answer(w: &mut World, id: u64) {
     w.schedule(Duration::from_secs(talk), Step::Hangup(id));
 }
 
-/// Removes the caller at `pos` of queue `q` with QueueCallerLeave; returns its hold time in seconds.
+/// Removes the caller at `pos` of queue `q` with QueueCallerLeave; returns its hold time in
+/// seconds.
 pub(crate) fn leave_queue(w: &mut World, q: usize, pos: usize) -> u64 {
     let entry = w.queues[q].waiting.remove(pos);
     let (qname, count) = (

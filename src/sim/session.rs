@@ -131,7 +131,7 @@ impl Session {
             stats.pings.fetch_add(1, Relaxed);
         }
         let _ = self.inner.actions_tx.send(p.clone());
-        if self.inner.silent.load(Relaxed) {
+        if *self.inner.silent.borrow() {
             return true;
         }
         let aid = p.action_id();
@@ -348,9 +348,11 @@ impl Session {
                 if !arg("AuthType").is_some_and(|t| t.eq_ignore_ascii_case("md5")) {
                     return Msg::reply(false, aid, "Must specify AuthType");
                 }
-                let challenge = self
-                    .challenge
-                    .get_or_insert_with(|| rand::thread_rng().gen_range(100_000_000..1_000_000_000u32).to_string());
+                let challenge = self.challenge.get_or_insert_with(|| {
+                    rand::thread_rng()
+                        .gen_range(100_000_000..1_000_000_000u32)
+                        .to_string()
+                });
                 let mut m = Msg::response("Success", aid);
                 m.h("Challenge", challenge);
                 m.finish()
@@ -374,7 +376,8 @@ impl Session {
             "corestatus" => answers::core_status(w, aid),
             "coresettings" => answers::core_settings(w, aid),
             "coreshowchannels" => answers::core_show_channels(w, aid),
-            "status" => answers::status(w, aid, arg("Channel")).unwrap_or_else(|| Msg::reply(false, aid, "No such channel")),
+            "status" => answers::status(w, aid, arg("Channel"))
+                .unwrap_or_else(|| Msg::reply(false, aid, "No such channel")),
             "queuestatus" => answers::queue_status(w, aid, arg("Queue")),
             "queuesummary" => answers::queue_summary(w, aid, arg("Queue")),
             "bridgelist" => answers::bridge_list(w, aid),
@@ -384,22 +387,27 @@ impl Session {
                     return Msg::reply(false, aid, "No variable specified");
                 };
                 if lower == "setvar" {
-                    w.vars.insert(var.to_string(), p.get("Value").unwrap_or("").to_string());
+                    w.vars
+                        .insert(var.to_string(), p.get("Value").unwrap_or("").to_string());
                     return Msg::reply(true, aid, "Variable Set");
                 }
                 let mut m = Msg::response("Success", aid);
-                m.h("Variable", var).h("Value", w.vars.get(var).map_or("", String::as_str));
+                m.h("Variable", var)
+                    .h("Value", w.vars.get(var).map_or("", String::as_str));
                 m.finish()
             }
             "listcommands" => answers::list_commands(aid),
             _ => Msg::reply(
                 false,
                 aid,
-                &format!("Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."),
+                &format!("Invalid/unknown command: {name}. {LIST_HINT}"),
             ),
         }
     }
 }
+
+/// The end of Asterisk's answer to an unknown action.
+const LIST_HINT: &str = "Use Action: ListCommands to show available commands.";
 
 fn md5_hex(s: &str) -> String {
     Md5::digest(s.as_bytes())

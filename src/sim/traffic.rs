@@ -1,6 +1,6 @@
-//! Call flows over the simulated state and the task that drives them: internal calls between
-//! extensions 100–120, callers queueing for `support`/`sales` and the agents who answer them,
-//! agents pausing, calls placed by Originate, and the Hangup action. With `demo_traffic` the
+//! The task that drives the simulated PBX through its timer queue, the demo generator, internal
+//! calls between extensions 100–120, and the end of any call (its time is up, or a Hangup
+//! action). Queue calls live in `queue`, Originate calls in `originate`. With `demo_traffic` the
 //! task also starts new calls at random; without it only Originate creates calls.
 
 use std::sync::Arc;

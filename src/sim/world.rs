@@ -1,8 +1,9 @@
 //! The simulated PBX state shared by all connections of one `SimPbx`: channels, bridges, queues
 //! with their members and waiting callers, device states, global variables, calls in progress and
-//! the timer queue. Every change goes through a method here that also writes the event saying so,
-//! so list answers (`answers`) always match what the events said. Events collect in `out` and are
-//! published by whoever holds the lock.
+//! the timer queue. Channel, bridge and device changes go through methods here that also write
+//! the event saying so (call flows write the queue events next to their queue changes), so list
+//! answers (`answers`) match what the events said. Events collect in `out` and are published by
+//! whoever holds the lock.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -168,7 +169,29 @@ impl World {
         spec.name
     }
 
-    /// Writes an event made of one channel's headers and then `extra`.
+    /// Writes an event made of the headers of each `(prefix, channel)` in turn, then `extra`;
+    /// nothing if a channel is gone.
+    pub(crate) fn event_of(
+        &mut self,
+        event: &str,
+        class: &str,
+        chans: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) {
+        let mut m = Msg::event(event, class);
+        for (prefix, name) in chans {
+            let Some(c) = self.chans.get(*name) else {
+                return;
+            };
+            chan_headers(&mut m, prefix, c);
+        }
+        for (n, v) in extra {
+            m.h(n, v);
+        }
+        self.emit(m);
+    }
+
+    /// An event about one channel.
     pub(crate) fn chan_event(
         &mut self,
         event: &str,
@@ -176,18 +199,10 @@ impl World {
         chan: &str,
         extra: &[(&str, &str)],
     ) {
-        let Some(c) = self.chans.get(chan) else {
-            return;
-        };
-        let mut m = Msg::event(event, class);
-        chan_headers(&mut m, "", c);
-        for (n, v) in extra {
-            m.h(n, v);
-        }
-        self.emit(m);
+        self.event_of(event, class, &[("", chan)], extra);
     }
 
-    /// Writes an event with the caller's headers, the `Dest` headers of `dest`, then `extra`.
+    /// An event about a caller and its `Dest` channel (DialBegin, AgentCalled, …).
     pub(crate) fn pair_event(
         &mut self,
         event: &str,
@@ -196,30 +211,7 @@ impl World {
         dest: &str,
         extra: &[(&str, &str)],
     ) {
-        let (Some(a), Some(b)) = (self.chans.get(chan), self.chans.get(dest)) else {
-            return;
-        };
-        let mut m = Msg::event(event, class);
-        chan_headers(&mut m, "", a);
-        chan_headers(&mut m, "Dest", b);
-        for (n, v) in extra {
-            m.h(n, v);
-        }
-        self.emit(m);
-    }
-
-    /// Writes an event with only the `Dest` headers of `dest`, then `extra` (DialBegin of an
-    /// originated call, which has no calling channel).
-    pub(crate) fn dest_event(&mut self, event: &str, dest: &str, extra: &[(&str, &str)]) {
-        let Some(c) = self.chans.get(dest) else {
-            return;
-        };
-        let mut m = Msg::event(event, "call");
-        chan_headers(&mut m, "Dest", c);
-        for (n, v) in extra {
-            m.h(n, v);
-        }
-        self.emit(m);
+        self.event_of(event, class, &[("", chan), ("Dest", dest)], extra);
     }
 
     pub(crate) fn set_state(&mut self, chan: &str, state: u8) {

@@ -43,14 +43,24 @@ pub(crate) async fn write_loop(
     let token = &shared.token;
     let mut buf = BytesMut::with_capacity(BATCH_BYTES + 4096);
     let mut flood: Option<Flood> = None;
-    if !inner.silent.load(Relaxed) {
-        let banner = format!("{}\r\n", inner.cfg.banner);
-        if !write(&mut wr, banner.as_bytes(), token).await {
-            return;
+    // A black hole holds the banner back until it ends, or until the client gives up.
+    let mut silent = inner.silent.subscribe();
+    loop {
+        tokio::select! {
+            r = silent.wait_for(|on| !*on) => match r {
+                Ok(_) => break,
+                Err(_) => return,
+            },
+            _ = token.cancelled() => return,
+            msg = rx.recv() => if matches!(msg, None | Some(Out::Close)) { return },
         }
     }
+    let banner = format!("{}\r\n", inner.cfg.banner);
+    if !write(&mut wr, banner.as_bytes(), token).await {
+        return;
+    }
     loop {
-        let flooding = flood.is_some() && !inner.silent.load(Relaxed);
+        let flooding = flood.is_some() && !*inner.silent.borrow();
         let delay = match flood.as_mut() {
             Some(f) if flooding => f.delay(),
             _ => Duration::ZERO,
@@ -71,7 +81,8 @@ pub(crate) async fn write_loop(
                         }
                         Out::Raw(b) => buf.extend_from_slice(&b),
                         Out::Inject(b) => {
-                            if !write(&mut wr, &buf, token).await || !write(&mut wr, &b, token).await {
+                            let before = write(&mut wr, &buf, token).await;
+                            if !before || !write(&mut wr, &b, token).await {
                                 return;
                             }
                             buf.clear();

@@ -6,7 +6,8 @@
 //! [`SessionIo::abort`]: the wrapper drops everything still queued, sends a 4008 close frame and
 //! ends. A client that never reads again has its socket shut down by [`SessionIo::kill`].
 
-use std::os::fd::OwnedFd;
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,8 @@ pub struct SessionIo {
     aborted: AtomicBool,
     close: Mutex<Option<(u16, String)>>,
     waker: AtomicWaker,
-    /// A duplicate of the connection's socket, only to shut it down; dropped with the body.
-    socket: Mutex<Option<OwnedFd>>,
+    /// The connection's socket and peer, only to shut it down; forgotten when the body drops.
+    socket: Mutex<Option<(RawFd, SocketAddr)>>,
     /// Released when the last reference goes: the open-session count.
     _slot: Option<SessionSlot>,
 }
@@ -52,7 +53,7 @@ impl Drop for SessionSlot {
 }
 
 impl SessionIo {
-    pub fn new(socket: Option<OwnedFd>, slot: Option<SessionSlot>) -> Arc<SessionIo> {
+    pub fn new(socket: Option<(RawFd, SocketAddr)>, slot: Option<SessionSlot>) -> Arc<SessionIo> {
         Arc::new(SessionIo {
             queued: AtomicUsize::new(0),
             aborted: AtomicBool::new(false),
@@ -93,9 +94,16 @@ impl SessionIo {
 
     /// Shuts the socket down if the connection is still open (a client that stopped reading).
     pub fn kill(&self) {
-        if let Ok(guard) = self.socket.lock() {
-            if let Some(fd) = guard.as_ref() {
-                let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+        let Ok(guard) = self.socket.lock() else {
+            return;
+        };
+        if let Some((fd, peer)) = *guard {
+            // SAFETY: shutdown/getpeername on a descriptor number are harmless even if it was
+            // closed meanwhile; the peer check makes sure it is still this session's socket.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let sock = socket2::SockRef::from(&fd);
+            if sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer) {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
             }
         }
     }

@@ -35,7 +35,11 @@ impl ServerTag {
     pub fn new(id: u32, name: &str, ssl: bool) -> ServerTag {
         let mut suffix = format!(",\"server_id\":{id},\"server_name\":");
         push_json_str(&mut suffix, name);
-        suffix.push_str(if ssl { ",\"ssl\":true" } else { ",\"ssl\":false" });
+        suffix.push_str(if ssl {
+            ",\"ssl\":true"
+        } else {
+            ",\"ssl\":false"
+        });
         suffix.push_str(",\"data\":");
         ServerTag {
             id,
@@ -51,7 +55,9 @@ pub fn packet_type(p: &Packet) -> MsgType {
     match p.kind() {
         PacketKind::Event => MsgType::Event,
         PacketKind::Response => {
-            let follows = p.get("Response").is_some_and(|r| r.eq_ignore_ascii_case("Follows"));
+            let follows = p
+                .get("Response")
+                .is_some_and(|r| r.eq_ignore_ascii_case("Follows"));
             if follows || p.get("Output").is_some() || p.raw_lines().next().is_some() {
                 MsgType::CommandResponse
             } else {
@@ -81,7 +87,10 @@ pub fn encode_packet(tag: &ServerTag, p: &Packet, action_id: Option<&str>) -> By
         if headers[..i].iter().any(|(n, _)| n == name) {
             continue;
         }
-        let values = headers[i..].iter().filter(|(n, _)| n == name).map(|(_, v)| *v);
+        let values = headers[i..]
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v);
         let is_output = *name == "Output";
         let count = headers[i..].iter().filter(|(n, _)| n == name).count();
         if !first {
@@ -119,7 +128,11 @@ pub fn encode_prompt(tag: &ServerTag, banner: &str) -> ByteString {
 
 /// Type 7: a server's connection status changed.
 pub fn encode_status(tag: &ServerTag, status: &str, reason: &str) -> ByteString {
-    encode_fields(MsgType::Status, Some(tag), &[("Status", status), ("Reason", reason)])
+    encode_fields(
+        MsgType::Status,
+        Some(tag),
+        &[("Status", status), ("Reason", reason)],
+    )
 }
 
 /// Type 8: amihub's own reply to one session (errors, ProxyAction results).
@@ -209,7 +222,10 @@ pub enum ClientMessage {
         client_id: Option<String>,
     },
     /// `{"ProxyAction": name, …}` handled by amihub itself.
-    Proxy { name: String, body: Map<String, Value> },
+    Proxy {
+        name: String,
+        body: Map<String, Value>,
+    },
 }
 
 /// Why a client message was refused (answered with type 8, nothing sent upstream).
@@ -378,7 +394,14 @@ mod tests {
             r#"{"Action":"Originate","AMIServerID":1,"ActionID":"c1","Channel":"Local/100@demo","Timeout":30000,"Async":true,"Variable":["a=1","b=2"]}"#,
         )
         .unwrap();
-        let ClientMessage::Action { action, server, client_id } = m else { panic!() };
+        let ClientMessage::Action {
+            action,
+            server,
+            client_id,
+        } = m
+        else {
+            panic!()
+        };
         assert_eq!(server, Some(1));
         assert_eq!(client_id.as_deref(), Some("c1"));
         let h: Vec<(&str, &str)> = action.headers().collect();
@@ -397,9 +420,15 @@ mod tests {
 
     #[test]
     fn bad_client_messages_are_refused() {
-        assert!(matches!(parse_client("{"), Err(ClientError::InvalidJson(_))));
+        assert!(matches!(
+            parse_client("{"),
+            Err(ClientError::InvalidJson(_))
+        ));
         assert_eq!(parse_client("[1]"), Err(ClientError::NotObject));
-        assert_eq!(parse_client(r#"{"Channel":"x"}"#), Err(ClientError::MissingAction));
+        assert_eq!(
+            parse_client(r#"{"Channel":"x"}"#),
+            Err(ClientError::MissingAction)
+        );
         assert!(matches!(
             parse_client(r#"{"Action":"Ping","X":{"a":1}}"#),
             Err(ClientError::Nested { .. })

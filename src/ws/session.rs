@@ -126,7 +126,10 @@ impl WsSession {
                 ClientMessage::Action { client_id, .. } => client_id.clone(),
                 ClientMessage::Proxy { .. } => None,
             };
-            let msg = format!("Rate limit exceeded ({} actions per second)", self.limits.actions_per_second);
+            let msg = format!(
+                "Rate limit exceeded ({} actions per second)",
+                self.limits.actions_per_second
+            );
             return self.error(ctx, &msg, id.as_deref());
         }
         match message {
@@ -152,7 +155,10 @@ impl WsSession {
             "login" => {
                 let mut fields = vec![
                     ("Response", "Success"),
-                    ("Message", "Authentication accepted (amihub holds the PBX logins)"),
+                    (
+                        "Message",
+                        "Authentication accepted (amihub holds the PBX logins)",
+                    ),
                 ];
                 fields.extend(id.map(|id| ("ActionID", id)));
                 self.reply(ctx, encode_reply(None, &fields));
@@ -164,7 +170,10 @@ impl WsSession {
                 self.reply(ctx, encode_reply(None, &fields));
             }
             "logoff" => {
-                let mut fields = vec![("Response", "Goodbye"), ("Message", "Thanks for all the fish.")];
+                let mut fields = vec![
+                    ("Response", "Goodbye"),
+                    ("Message", "Thanks for all the fish."),
+                ];
                 fields.extend(id.map(|id| ("ActionID", id)));
                 self.reply(ctx, encode_reply(None, &fields));
                 ctx.close(Some(ws::CloseReason {
@@ -217,7 +226,11 @@ impl Actor for WsSession {
         let idle = Duration::from_secs(self.limits.ws_idle_timeout_s);
         ctx.run_interval(every, move |act, ctx| {
             if act.last_heard.elapsed() > idle {
-                log::info!("session {}: no sign of life for {} s, closing", act.id, idle.as_secs());
+                log::info!(
+                    "session {}: no sign of life for {} s, closing",
+                    act.id,
+                    idle.as_secs()
+                );
                 ctx.close(Some(ws::CloseReason {
                     code: ws::CloseCode::Away,
                     description: Some("idle timeout".into()),

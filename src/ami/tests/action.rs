@@ -28,13 +28,19 @@ fn set_replaces_the_first_or_appends() {
     action.set("ActionID", "y");
     action.push("ActionID", "z");
     let headers: Vec<_> = action.headers().collect();
-    assert_eq!(headers, [("Action", "Ping"), ("actionid", "y"), ("ActionID", "z")]);
+    assert_eq!(
+        headers,
+        [("Action", "Ping"), ("actionid", "y"), ("ActionID", "z")]
+    );
 }
 
 #[test]
 fn refusals_write_nothing() {
     let cases = [
-        (Action::new("Ping").header("ActionID", "a\r\nAction: Logoff"), "CrLf"),
+        (
+            Action::new("Ping").header("ActionID", "a\r\nAction: Logoff"),
+            "CrLf",
+        ),
         (Action::new("Ping").header("X\n", "v"), "CrLf"),
         (Action::new("Ping\r"), "CrLf"),
         (Action::new("Ping").header("Bad:Name", "v"), "BadName"),

@@ -23,7 +23,11 @@ fn captures() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 40, "expected the 23 capture pairs, found {}", files.len());
+    assert!(
+        files.len() >= 40,
+        "expected the 23 capture pairs, found {}",
+        files.len()
+    );
     files
 }
 
@@ -66,8 +70,16 @@ fn every_capture_decodes_the_same_however_it_is_split() {
         let banner = !name.ends_with(".sent.txt");
         let whole = decode_all(&bytes, limits, banner);
         let packet_count = packets(&whole).len();
-        assert_eq!(packet_count, terminators(&bytes), "{name}: one packet per terminator");
-        assert_eq!(whole.len(), packet_count + usize::from(banner), "{name}: no discards");
+        assert_eq!(
+            packet_count,
+            terminators(&bytes),
+            "{name}: one packet per terminator"
+        );
+        assert_eq!(
+            whole.len(),
+            packet_count + usize::from(banner),
+            "{name}: no discards"
+        );
         if banner {
             assert_eq!(
                 whole[0],
@@ -79,7 +91,11 @@ fn every_capture_decodes_the_same_however_it_is_split() {
             assert_chunking_independent(&bytes, limits, banner, &whole);
             continue;
         }
-        assert_eq!(decode_bytewise(&bytes, limits, banner), whole, "{name}: bytewise");
+        assert_eq!(
+            decode_bytewise(&bytes, limits, banner),
+            whole,
+            "{name}: bytewise"
+        );
         let mut joined = Vec::new();
         for (i, segment) in segments(&bytes).into_iter().enumerate() {
             let seg_banner = banner && i == 0;
@@ -102,7 +118,10 @@ fn find_frame_end_walks_every_capture() {
         let mut count = 0;
         while let Some((frame_len, consumed)) = find_frame_end(rest) {
             assert!(frame_len < consumed && consumed <= rest.len(), "{name}");
-            assert!(!rest[..frame_len].ends_with(b"\r\n"), "{name}: terminator excluded");
+            assert!(
+                !rest[..frame_len].ends_with(b"\r\n"),
+                "{name}: terminator excluded"
+            );
             assert_eq!(&rest[frame_len..consumed], b"\r\n\r\n", "{name}");
             rest = &rest[consumed..];
             count += 1;
@@ -115,7 +134,10 @@ fn find_frame_end_walks_every_capture() {
 #[test]
 fn banner_of_asterisk_22() {
     let frames = capture("01_");
-    assert_eq!(frames[0], Frame::Banner("Asterisk Call Manager/11.0.0".into()));
+    assert_eq!(
+        frames[0],
+        Frame::Banner("Asterisk Call Manager/11.0.0".into())
+    );
     let ps = packets(&frames);
     assert_eq!(ps[1].get("Ping"), Some("Pong"));
     assert_eq!(ps[2].get("response"), Some("Goodbye"));
@@ -147,9 +169,16 @@ fn command_output_in_the_asterisk_14_shape() {
     let lines = connected.output_lines();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2], "1 users connected.");
-    assert!(lines[0].starts_with("Username "), "leading blanks of a value go (API contract)");
+    assert!(
+        lines[0].starts_with("Username "),
+        "leading blanks of a value go (API contract)"
+    );
     let dialplan = by_id("command-19");
-    assert_eq!(dialplan.output_lines()[4], "", "an empty Output line is kept");
+    assert_eq!(
+        dialplan.output_lines()[4],
+        "",
+        "an empty Output line is kept"
+    );
     let error = by_id("command-20");
     assert_eq!(error.get("Response"), Some("Error"));
     assert!(error.output_lines()[0].starts_with("No such command 'this is not a command'"));
@@ -175,7 +204,10 @@ fn queue_status_is_a_complete_event_list() {
         .filter(|p| p.action_id() == Some(id))
         .count();
     assert_eq!(items, 2, "QueueParams and QueueMember");
-    assert_eq!(ps[complete].get("ListItems"), Some(items.to_string().as_str()));
+    assert_eq!(
+        ps[complete].get("ListItems"),
+        Some(items.to_string().as_str())
+    );
 }
 
 #[test]
@@ -193,7 +225,10 @@ fn legacy_queues_without_action_id_is_refused() {
 fn flood_has_200_user_events() {
     let frames = capture("14_");
     let ps = packets(&frames);
-    let user_events: Vec<_> = ps.iter().filter(|p| p.event() == Some("UserEvent")).collect();
+    let user_events: Vec<_> = ps
+        .iter()
+        .filter(|p| p.event() == Some("UserEvent"))
+        .collect();
     let floods = user_events
         .iter()
         .filter(|p| p.get("UserEvent") == Some("Flood"))

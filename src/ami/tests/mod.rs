@@ -38,7 +38,10 @@ fn decode_chunks<'a>(
             buffer_bound(&limits)
         );
     }
-    while let Some(frame) = decoder.decode_eof(&mut buf).expect("decode_eof never fails") {
+    while let Some(frame) = decoder
+        .decode_eof(&mut buf)
+        .expect("decode_eof never fails")
+    {
         frames.push(frame);
     }
     assert!(buf.is_empty(), "decode_eof leaves nothing behind");
@@ -60,7 +63,11 @@ fn decode_bytewise(bytes: &[u8], limits: Limits, banner: bool) -> Vec<Frame> {
 fn assert_chunking_independent(bytes: &[u8], limits: Limits, banner: bool, expected: &[Frame]) {
     for at in 0..=bytes.len() {
         let (a, b) = bytes.split_at(at);
-        assert_eq!(decode_chunks([a, b], limits, banner), expected, "split at {at}");
+        assert_eq!(
+            decode_chunks([a, b], limits, banner),
+            expected,
+            "split at {at}"
+        );
     }
     assert_eq!(decode_bytewise(bytes, limits, banner), expected, "bytewise");
 }

@@ -4,7 +4,11 @@ use super::*;
 use crate::ami::{find_frame_end, parse_packet, DiscardReason, PacketKind};
 
 fn small_limits() -> Limits {
-    Limits { max_line_bytes: 64, max_packet_bytes: 256, max_headers: 8 }
+    Limits {
+        max_line_bytes: 64,
+        max_packet_bytes: 256,
+        max_headers: 8,
+    }
 }
 
 /// Decodes `text` whole (no banner), checks every split gives the same, returns the frames.
@@ -15,7 +19,10 @@ fn frames_of(text: &str, limits: Limits) -> Vec<Frame> {
 }
 
 fn events(frames: &[Frame]) -> Vec<&str> {
-    packets(frames).into_iter().filter_map(|p| p.event()).collect()
+    packets(frames)
+        .into_iter()
+        .filter_map(|p| p.event())
+        .collect()
 }
 
 #[test]
@@ -79,7 +86,11 @@ fn empty_value() {
 #[test]
 fn repeated_headers_preserved_in_order() {
     let p = one_packet("Event: X\r\nVariable: a=1\r\nOther: o\r\nVariable: b=2\r\n\r\n");
-    let vars: Vec<&str> = p.headers().filter(|(n, _)| *n == "Variable").map(|(_, v)| v).collect();
+    let vars: Vec<&str> = p
+        .headers()
+        .filter(|(n, _)| *n == "Variable")
+        .map(|(_, v)| v)
+        .collect();
     assert_eq!(vars, ["a=1", "b=2"]);
     assert_eq!(p.get("variable"), Some("a=1"));
     assert_eq!(p.len(), 4);
@@ -201,7 +212,10 @@ fn follows_line_over_limit_is_discarded_and_resyncs_after_its_marker() {
 fn follows_blank_lines_count_towards_the_packet_bound() {
     // Regression: blank lines inside unterminated command output were buffered without bound.
     let limits = small_limits();
-    let text = format!("Response: Follows\r\n{}Event: Next\r\n\r\n", "\n".repeat(1000));
+    let text = format!(
+        "Response: Follows\r\n{}Event: Next\r\n\r\n",
+        "\n".repeat(1000)
+    );
     let mut stream = text.into_bytes();
     // decode_bytewise checks the buffer bound after every byte; the stream ends mid-discard.
     assert_eq!(decode_bytewise(&stream, limits, false), []);
@@ -219,7 +233,10 @@ fn output_headers_asterisk_14_shape() {
         "Response: Success\r\nActionID: c\r\nMessage: Command output follows\r\n\
          Output: Name/username             Host\r\nOutput: \r\nOutput: 2 sip peers\r\n\r\n",
     );
-    assert_eq!(p.output_lines(), ["Name/username             Host", "", "2 sip peers"]);
+    assert_eq!(
+        p.output_lines(),
+        ["Name/username             Host", "", "2 sip peers"]
+    );
     assert_eq!(p.raw_lines().count(), 0);
 }
 
@@ -275,7 +292,9 @@ fn more_than_max_headers_is_discarded() {
     for i in 0..8 {
         text.push_str(&format!("H{i}: {i}\r\n"));
     }
-    text.push_str("\r\nEvent: Eight\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n");
+    text.push_str(
+        "\r\nEvent: Eight\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n",
+    );
     let frames = frames_of(&text, limits);
     assert_eq!(frames[0], Frame::Discarded(DiscardReason::TooManyHeaders));
     assert_eq!(events(&frames), ["Eight"], "exactly max_headers is fine");
@@ -296,7 +315,11 @@ fn packet_over_max_packet_is_discarded_with_small_limits() {
 
 #[test]
 fn packet_of_exactly_max_packet_is_kept() {
-    let limits = Limits { max_line_bytes: 64, max_packet_bytes: 20, max_headers: 8 };
+    let limits = Limits {
+        max_line_bytes: 64,
+        max_packet_bytes: 20,
+        max_headers: 8,
+    };
     // "Event: A\r\nB: 123456" is 19 bytes, one more byte makes 20, two make 21.
     let fits = frames_of("Event: A\r\nB: 1234567\r\n\r\n", limits);
     assert_eq!(packets(&fits)[0].get("B"), Some("1234567"));
@@ -309,7 +332,10 @@ fn decoder_memory_stays_bounded_on_10_mb_without_terminator() {
     let limits = Limits::default();
     let chunk = 8192;
     let line = format!("Header: {}\r\n", "z".repeat(100));
-    for body in [line.repeat(10 * 1024 * 1024 / line.len()), "q".repeat(10 * 1024 * 1024)] {
+    for body in [
+        line.repeat(10 * 1024 * 1024 / line.len()),
+        "q".repeat(10 * 1024 * 1024),
+    ] {
         let mut decoder = AmiDecoder::new(limits, false);
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();
@@ -319,7 +345,11 @@ fn decoder_memory_stays_bounded_on_10_mb_without_terminator() {
             while let Some(frame) = decoder.decode(&mut buf).unwrap() {
                 frames.push(frame);
             }
-            assert!(buf.len() <= limits.max_packet_bytes + chunk, "held {}", buf.len());
+            assert!(
+                buf.len() <= limits.max_packet_bytes + chunk,
+                "held {}",
+                buf.len()
+            );
             assert!(buf.len() <= buffer_bound(&limits), "held {}", buf.len());
         }
         assert_eq!(frames.len(), 2);
@@ -330,7 +360,10 @@ fn decoder_memory_stays_bounded_on_10_mb_without_terminator() {
 
 #[test]
 fn decode_eof_yields_a_final_unterminated_packet() {
-    for text in ["Event: A\r\n\r\nEvent: Last\r\nX: 1", "Event: A\r\n\r\nEvent: Last\r\nX: 1\r\n\r"] {
+    for text in [
+        "Event: A\r\n\r\nEvent: Last\r\nX: 1",
+        "Event: A\r\n\r\nEvent: Last\r\nX: 1\r\n\r",
+    ] {
         let frames = frames_of(text, Limits::default());
         assert_eq!(events(&frames), ["A", "Last"]);
         assert_eq!(packets(&frames)[1].get("X"), Some("1"));
@@ -342,18 +375,29 @@ fn decode_eof_yields_a_final_unterminated_packet() {
 
 #[test]
 fn invalid_utf8_is_replaced_not_dropped() {
-    let frames = decode_all(b"Event: A\r\nName: caf\xe9\r\n\r\n", Limits::default(), false);
+    let frames = decode_all(
+        b"Event: A\r\nName: caf\xe9\r\n\r\n",
+        Limits::default(),
+        false,
+    );
     assert_eq!(packets(&frames)[0].get("Name"), Some("caf\u{fffd}"));
 }
 
 #[test]
 fn find_frame_end_accepts_every_terminator() {
-    assert_eq!(find_frame_end(b"Response: Success\r\n\r\nX"), Some((17, 21)));
+    assert_eq!(
+        find_frame_end(b"Response: Success\r\n\r\nX"),
+        Some((17, 21))
+    );
     assert_eq!(find_frame_end(b"A: b\r\n\nX"), Some((4, 7)));
     assert_eq!(find_frame_end(b"A: b\n\n"), Some((4, 6)));
     assert_eq!(find_frame_end(b"A: b\n\r\n"), Some((4, 7)));
     assert_eq!(find_frame_end(b"A: b\r\n\r"), None);
-    assert_eq!(find_frame_end(b"\r\n\r\n"), None, "only blank lines: no packet yet");
+    assert_eq!(
+        find_frame_end(b"\r\n\r\n"),
+        None,
+        "only blank lines: no packet yet"
+    );
     let (len, used) = find_frame_end(FOLLOWS.as_bytes()).unwrap();
     assert!(FOLLOWS[..len].ends_with("--END COMMAND--"));
     assert_eq!(&FOLLOWS[used..], "Event: After\r\n\r\n");
@@ -362,11 +406,17 @@ fn find_frame_end_accepts_every_terminator() {
 #[test]
 fn parse_packet_ignores_surrounding_blank_lines() {
     let p = parse_packet(b"\r\n\nEvent: A\r\nX: 1\r\n\r\n", &Limits::default()).unwrap();
-    assert_eq!(header_list(&p), [("Event".into(), "A".into()), ("X".into(), "1".into())]);
+    assert_eq!(
+        header_list(&p),
+        [("Event".into(), "A".into()), ("X".into(), "1".into())]
+    );
     assert_eq!(p.raw_lines().count(), 0);
     let limits = small_limits();
     let long = format!("Event: A\r\nX: {}", "l".repeat(64));
-    assert_eq!(parse_packet(long.as_bytes(), &limits), Err(DiscardReason::LineTooLong));
+    assert_eq!(
+        parse_packet(long.as_bytes(), &limits),
+        Err(DiscardReason::LineTooLong)
+    );
 }
 
 #[test]
@@ -376,5 +426,8 @@ fn packet_from_headers_equals_the_parsed_packet() {
     assert_ne!(built, one_packet("Event: A\r\nX: y\r\n\r\n"));
     assert_eq!(built.kind(), PacketKind::Event);
     assert!(built.heap_bytes() >= "Event: A\r\nX: \r\n".len());
-    assert_eq!(Packet::from_headers(Vec::<(&str, &str)>::new()).kind(), PacketKind::Unknown);
+    assert_eq!(
+        Packet::from_headers(Vec::<(&str, &str)>::new()).kind(),
+        PacketKind::Unknown
+    );
 }

@@ -1,5 +1,6 @@
 //! Scenarios against a real simulator over loopback, read back with the `ami` decoder:
-//! `session` covers logins, errors and the connection controls, `traffic` the state, events and floods.
+//! `session` covers logins, errors and the connection controls; `traffic` the simulated state,
+//! events and floods.
 
 mod session;
 mod traffic;

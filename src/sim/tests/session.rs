@@ -179,7 +179,11 @@ async fn errors_for_missing_and_unknown_actions() {
     c.send(&[("Action", "NoSuchAction"), ("ActionID", "n2")])
         .await;
     let msg = c.packet().await.get("Message").map(str::to_string);
-    assert_eq!(msg.as_deref(), Some("Invalid/unknown command: NoSuchAction. Use Action: ListCommands to show available commands."));
+    let hint = "Use Action: ListCommands to show available commands.";
+    assert_eq!(
+        msg,
+        Some(format!("Invalid/unknown command: NoSuchAction. {hint}"))
+    );
     c.send(&[
         ("Action", "Hangup"),
         ("Channel", "Local/nonexistent-0001;1"),
@@ -225,12 +229,17 @@ async fn silent_answers_nothing() {
     let mut c = Client::connect(&pbx).await;
     c.login("off").await;
     pbx.set_silent(true);
+    let pbx2 = pbx.clone();
     c.send(&[("Action", "Ping"), ("ActionID", "quiet")]).await;
     assert!(pbx.wait_for(PATIENCE, |s| s.pings == 1).await);
     // The ping reached the PBX; give a reply the time to show up if one were coming.
     let reply = tokio::time::timeout(Duration::from_millis(200), c.rd.next()).await;
     assert!(reply.is_err(), "silent PBX answered: {reply:?}");
+    // A connection made meanwhile gets its banner once the PBX answers again.
+    let late = tokio::spawn(async move { Client::connect(&pbx2).await });
+    assert!(pbx.wait_for(PATIENCE, |s| s.live_connections == 2).await);
     pbx.set_silent(false);
+    late.await.expect("banner after the silence");
     c.send(&[("Action", "Ping"), ("ActionID", "loud")]).await;
     assert_eq!(c.packet().await.action_id(), Some("loud"));
 }

@@ -48,7 +48,7 @@ async fn queue_status_list_shape() {
     assert_eq!(items.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn originate_then_hangup_keeps_lists_consistent() {
     let pbx = pbx(false).await;
     let mut c = Client::connect(&pbx).await;
@@ -134,7 +134,7 @@ async fn userevent_and_emit_follow_event_masks() {
     assert_eq!(off.packet().await.event(), Some("Raw"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_delivers_every_seq_in_order() {
     let pbx = pbx(false).await;
     let mut c = Client::connect(&pbx).await;
