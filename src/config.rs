@@ -34,6 +34,54 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub servers: Vec<ServerSettings>,
+    #[serde(default)]
+    pub users: Vec<UserSettings>,
+}
+
+/// One user (`[[users]]`): credentials and rights (SPEC §6).
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserSettings {
+    pub name: String,
+    /// argon2 PHC string (`amihub hash-password`).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Bearer token (also `?token=` for browsers).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File whose first line is the token (wins over `token`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Server ids or names; `["*"]` = all. Default: all.
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
+    /// Action allowlist, case-insensitive; `["*"]` = all. Default: the read-only set.
+    #[serde(default)]
+    pub actions: Option<Vec<String>>,
+    /// Event names this user receives; `["*"]` = all. Default: all.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// May list sessions and add or drop servers at runtime.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Credentials never appear in `Debug` output.
+impl std::fmt::Debug for UserSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSettings")
+            .field("name", &self.name)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("servers", &self.servers)
+            .field("actions", &self.actions)
+            .field("events", &self.events)
+            .field("admin", &self.admin)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +98,12 @@ pub struct HttpSettings {
     pub tls_key: Option<PathBuf>,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// Apache htdigest file: its users may log in with HTTP Digest (or Basic).
+    pub auth_file: Option<PathBuf>,
+    /// The realm of `auth_file` to use.
+    pub auth_domain: String,
+    /// With no users configured, serve non-loopback clients too (demo in a container only).
+    pub allow_anonymous_remote: bool,
 }
 
 impl Default for HttpSettings {
@@ -61,6 +115,9 @@ impl Default for HttpSettings {
             tls_cert: None,
             tls_key: None,
             workers: 0,
+            auth_file: None,
+            auth_domain: "amihub".into(),
+            allow_anonymous_remote: false,
         }
     }
 }
@@ -289,46 +346,49 @@ impl Settings {
     pub fn finish(&mut self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         for (i, s) in self.servers.iter_mut().enumerate() {
-            let key = format!("servers[{i}]");
             if s.id == 0 {
                 s.id = i as u32 + 1;
             }
-            if s.name.is_empty() {
-                s.name = format!("pbx{}", s.id);
+            check_server(s, &format!("servers[{i}]"), &mut problems);
+        }
+        for (i, u) in self.users.iter_mut().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty() || u.name.contains(':') {
+                problems.push(format!("{key}.name: must be set and contain no ':'"));
             }
-            if s.host.is_empty() {
-                problems.push(format!("{key}.host: must be set"));
-            }
-            if s.username.is_empty() {
-                problems.push(format!("{key}.username: must be set"));
-            }
-            if let Some(file) = &s.secret_file {
+            if let Some(file) = &u.token_file {
                 match std::fs::read_to_string(file) {
-                    Ok(text) => s.secret = text.lines().next().unwrap_or("").to_string(),
+                    Ok(text) => {
+                        u.token = Some(text.lines().next().unwrap_or("").trim().to_string())
+                    }
                     Err(e) => problems.push(format!(
-                        "{key}.secret_file: cannot read {}: {e}",
+                        "{key}.token_file: cannot read {}: {e}",
                         file.display()
                     )),
                 }
             }
-            if s.ping_interval_s == 0 {
-                problems.push(format!("{key}.ping_interval_s: must be at least 1"));
+            if u.token.as_deref().is_some_and(|t| t.len() < 16) {
+                problems.push(format!("{key}.token: must be at least 16 characters"));
             }
-            if s.ping_timeout_s == 0 {
-                problems.push(format!("{key}.ping_timeout_s: must be at least 1"));
-            }
-            if [&s.events, &s.username, &s.secret, &s.name]
-                .iter()
-                .any(|v| v.contains(['\r', '\n']))
-            {
-                problems.push(format!(
-                    "{key}: name, username, secret and events must not contain CR or LF"
-                ));
-            }
-            if let Some(ca) = &s.tls_ca {
-                if !ca.exists() {
-                    problems.push(format!("{key}.tls_ca: {} does not exist", ca.display()));
+            if let Some(hash) = &u.password_hash {
+                if !hash.starts_with("$argon2") {
+                    problems.push(format!(
+                        "{key}.password_hash: must be an argon2 hash (amihub hash-password)"
+                    ));
                 }
+            }
+            if u.password_hash.is_none() && u.token.is_none() && self.http.auth_file.is_none() {
+                problems.push(format!("{key}: needs password_hash or token"));
+            }
+        }
+        let mut user_names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
+        user_names.sort_unstable();
+        if user_names.windows(2).any(|w| w[0] == w[1]) {
+            problems.push("users: names must be unique".into());
+        }
+        if let Some(f) = &self.http.auth_file {
+            if !f.exists() {
+                problems.push(format!("http.auth_file: {} does not exist", f.display()));
             }
         }
         let mut ids: Vec<u32> = self.servers.iter().map(|s| s.id).collect();
@@ -391,6 +451,61 @@ impl Settings {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+}
+
+/// Fills a server's derived defaults and checks it; `key` names it in messages.
+fn check_server(s: &mut ServerSettings, key: &str, problems: &mut Vec<String>) {
+    if s.name.is_empty() {
+        s.name = format!("pbx{}", s.id);
+    }
+    if s.host.is_empty() {
+        problems.push(format!("{key}.host: must be set"));
+    }
+    if s.username.is_empty() {
+        problems.push(format!("{key}.username: must be set"));
+    }
+    if let Some(file) = &s.secret_file {
+        match std::fs::read_to_string(file) {
+            Ok(text) => s.secret = text.lines().next().unwrap_or("").to_string(),
+            Err(e) => problems.push(format!(
+                "{key}.secret_file: cannot read {}: {e}",
+                file.display()
+            )),
+        }
+    }
+    if s.ping_interval_s == 0 {
+        problems.push(format!("{key}.ping_interval_s: must be at least 1"));
+    }
+    if s.ping_timeout_s == 0 {
+        problems.push(format!("{key}.ping_timeout_s: must be at least 1"));
+    }
+    if [&s.events, &s.username, &s.secret, &s.name]
+        .iter()
+        .any(|v| v.contains(['\r', '\n']))
+    {
+        problems.push(format!(
+            "{key}: name, username, secret and events must not contain CR or LF"
+        ));
+    }
+    if let Some(ca) = &s.tls_ca {
+        if !ca.exists() {
+            problems.push(format!("{key}.tls_ca: {} does not exist", ca.display()));
+        }
+    }
+}
+
+/// Validates one server added at runtime (its `id` must be set).
+pub fn validate_server(mut s: ServerSettings) -> Result<ServerSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    if s.id == 0 {
+        problems.push("Server.id: must be set".to_string());
+    }
+    check_server(&mut s, "Server", &mut problems);
+    if problems.is_empty() {
+        Ok(s)
+    } else {
+        Err(problems)
     }
 }
 

@@ -1,6 +1,7 @@
 //! amihub: one supervised AMI connection per Asterisk PBX, fanned out as JSON to WebSocket clients.
 //!
 //! Layout (each module owns one concern):
+//! - [`auth`]: users, credentials (argon2, tokens, htdigest) and rights; pure checks.
 //! - [`config`]: the only reader of config files and environment; validates everything up front.
 //! - [`ami`]: bytes <-> AMI packets and actions. Pure: never imports actix, serde_json or sockets.
 //! - [`pbx`]: the supervised connection actor per PBX (login, keepalive, reconnect with backoff).
@@ -16,6 +17,7 @@
 //! - Every queue between a PBX and a browser is bounded in bytes; a slow browser is cut loose.
 
 pub mod ami;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod http;

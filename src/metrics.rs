@@ -24,6 +24,7 @@ pub struct Metrics {
     pub ws_slow_consumer_closes_total: AtomicU64,
     pub ws_refused_sessions_total: AtomicU64,
     pub actions_refused_total: AtomicU64,
+    pub auth_failures_total: AtomicU64,
 }
 
 /// A cheap handle to the process metrics.
@@ -40,7 +41,7 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64, &str); 17] = [
+        let rows: &[(&str, &str, &AtomicU64, &str)] = &[
             (
                 "pbx_connects_total",
                 "counter",
@@ -143,9 +144,15 @@ impl Metrics {
                 &self.actions_refused_total,
                 "Client actions refused before reaching a PBX.",
             ),
+            (
+                "auth_failures_total",
+                "counter",
+                &self.auth_failures_total,
+                "Requests refused for missing or wrong credentials.",
+            ),
         ];
         let mut out = String::with_capacity(4096);
-        for (name, kind, value, help) in rows {
+        for &(name, kind, value, help) in rows {
             let _ = writeln!(out, "# HELP amihub_{name} {help}");
             let _ = writeln!(out, "# TYPE amihub_{name} {kind}");
             let _ = writeln!(out, "amihub_{name} {}", value.load(Relaxed));

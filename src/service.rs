@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::http::listener::{serve, ListenError};
 use crate::http::AppState;
@@ -18,6 +19,8 @@ use crate::registry::{AddServer, Registry, Shutdown};
 pub enum ServiceError {
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("{0}")]
+    Auth(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,7 +55,16 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
             settings.servers.len()
         );
     }
+    let auth = Arc::new(Authenticator::new(&settings).map_err(ServiceError::Auth)?);
+    if auth.is_open() {
+        if settings.http.allow_anonymous_remote {
+            log::warn!("no users configured and http.allow_anonymous_remote = true: ANYONE who can reach this port controls every PBX");
+        } else {
+            log::warn!("no users configured: only loopback clients are served (add [[users]] to serve others)");
+        }
+    }
     let state = AppState {
+        auth,
         registry: registry.clone(),
         settings: settings.clone(),
         metrics,

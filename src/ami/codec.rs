@@ -281,8 +281,10 @@ impl<I: Iterator<Item = usize>> Iterator for Lines<'_, I> {
 /// The spans of the header on `line` (a span of `text`) whose first ':' is at `colon` in the line.
 fn header_span(text: &[u8], line: Span, colon: usize) -> HeaderSpan {
     let name_end = line.start + colon as u32;
+    // Asterisk writes exactly "Name: value"; only that one separator space is dropped, so
+    // command output keeps its column alignment (`Output:   Username …`).
     let mut value_start = name_end + 1;
-    while value_start < line.end && matches!(text[value_start as usize], b' ' | b'\t') {
+    if value_start < line.end && text[value_start as usize] == b' ' {
         value_start += 1;
     }
     HeaderSpan {

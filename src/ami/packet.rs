@@ -22,7 +22,7 @@ pub enum PacketKind {
 /// The text of the frame is stored once; headers and raw lines are `u32` spans into it, so a
 /// packet costs two or three allocations however many headers it has. Equality compares the
 /// headers and raw lines, not the exact bytes they were parsed from.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Packet {
     text: String,
     headers: Vec<HeaderSpan>,
@@ -89,7 +89,7 @@ impl Packet {
     }
 
     /// Headers in wire order, repeats preserved. The name is everything before the first ':', the
-    /// value everything after it with leading spaces and tabs removed (trailing kept except CR).
+    /// value everything after it less the one separator space (trailing kept except CR).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.headers
             .iter()

@@ -38,13 +38,17 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
         http.workers
     };
     let max_conn = state.settings.limits.max_sessions + 1024;
-    let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
-        .workers(workers)
-        .max_connections(max_conn)
-        .backlog(4096)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .on_connect(record_socket);
+    let server = HttpServer::new(move || {
+        App::new()
+            .configure(configure(state.clone()))
+            .wrap(actix_web::middleware::from_fn(super::gate))
+    })
+    .workers(workers)
+    .max_connections(max_conn)
+    .backlog(4096)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .on_connect(record_socket);
     let server = match (&http.tls_cert, &http.tls_key) {
         (Some(cert), Some(key)) => {
             let tls_err =

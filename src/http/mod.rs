@@ -1,6 +1,8 @@
 //! HTTP routes: the WebSocket upgrade (`/ws`, and `/` for amiws dashboards), the JSON API,
 //! health and metrics, and `web_root` as static files. No business logic lives here.
 
+mod api;
+mod gate;
 pub mod listener;
 
 use std::os::fd::RawFd;
@@ -8,15 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::{guard, web, HttpRequest, HttpResponse};
+use actix_web::{guard, web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde_json::json;
 
+use crate::auth::{Authenticator, Identity};
 use crate::config::Settings;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::registry::{ListServers, Registry};
+use crate::registry::Registry;
 use crate::ws::outbound::{OutboundStream, SessionIo, SessionSlot};
 use crate::ws::session::WsSession;
+pub use gate::gate;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -24,6 +28,7 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     pub settings: Arc<Settings>,
     pub metrics: SharedMetrics,
+    pub auth: Arc<Authenticator>,
     pub next_session: Arc<AtomicU64>,
 }
 
@@ -31,27 +36,34 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSocket(pub RawFd);
 
+fn is_upgrade(head: &actix_web::dev::RequestHead) -> bool {
+    head.headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
 /// Registers every route; tests build the same app with this.
 pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let web_root = state.settings.http.web_root.clone();
         cfg.app_data(web::Data::new(state))
+            .app_data(web::JsonConfig::default().limit(65_536))
             .route("/ws", web::get().to(ws_upgrade))
             .route(
                 "/",
                 web::get()
-                    .guard(guard::fn_guard(|ctx| {
-                        ctx.head()
-                            .headers()
-                            .get("upgrade")
-                            .and_then(|v| v.to_str().ok())
-                            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-                    }))
+                    .guard(guard::fn_guard(|ctx| is_upgrade(ctx.head())))
                     .to(ws_upgrade),
             )
-            .route("/api/v1/servers", web::get().to(list_servers))
-            .route("/livez", web::get().to(livez))
-            .route("/metrics", web::get().to(metrics))
+            .route("/api/v1/servers", web::get().to(api::list_servers))
+            .route(
+                "/api/v1/servers/{id}/actions",
+                web::post().to(api::post_action),
+            )
+            .route("/livez", web::get().to(api::livez))
+            .route("/readyz", web::get().to(api::readyz))
+            .route("/metrics", web::get().to(api::metrics))
             .service(actix_files::Files::new("/", web_root).index_file("index.html"));
     }
 }
@@ -80,8 +92,15 @@ async fn ws_upgrade(
     let limits = &state.settings.limits;
     if !origin_allowed(&req, &state.settings.http.allowed_origins) {
         Metrics::inc(&state.metrics.ws_refused_sessions_total);
+        log::warn!(
+            "refused WebSocket from foreign origin {:?}",
+            req.headers().get("origin")
+        );
         return Ok(HttpResponse::Forbidden().json(json!({"error": "origin not allowed"})));
     }
+    let Some(identity) = req.extensions().get::<Identity>().cloned() else {
+        return Ok(HttpResponse::Unauthorized().json(json!({"error": "authentication required"})));
+    };
     let Some(slot) = SessionSlot::acquire(&state.metrics, limits.max_sessions) else {
         Metrics::inc(&state.metrics.ws_refused_sessions_total);
         return Ok(HttpResponse::ServiceUnavailable()
@@ -96,6 +115,7 @@ async fn ws_upgrade(
     let id = state.next_session.fetch_add(1, Relaxed);
     let session = WsSession::new(
         id,
+        identity,
         state.registry.clone(),
         io.clone(),
         limits.clone(),
@@ -105,21 +125,4 @@ async fn ws_upgrade(
     let codec = actix_http::ws::Codec::new().max_size(limits.max_client_message_bytes * 4);
     let stream = ws::WebsocketContext::with_codec(session, payload, codec);
     Ok(res.streaming(OutboundStream::new(Box::pin(stream), io)))
-}
-
-async fn list_servers(state: web::Data<AppState>) -> HttpResponse {
-    match state.registry.send(ListServers).await {
-        Ok(servers) => HttpResponse::Ok().json(json!({ "servers": servers })),
-        Err(_) => HttpResponse::ServiceUnavailable().json(json!({"error": "registry unavailable"})),
-    }
-}
-
-async fn livez() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
-}
-
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
 }

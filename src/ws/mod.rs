@@ -2,4 +2,5 @@
 
 pub mod outbound;
 pub mod protocol;
+mod proxy;
 pub mod session;

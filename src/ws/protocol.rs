@@ -121,6 +121,15 @@ pub fn encode_packet(tag: &ServerTag, p: &Packet, action_id: Option<&str>) -> By
     ByteString::from(out)
 }
 
+/// The `data` object of a packet as a JSON value (HTTP results).
+pub fn packet_value(p: &Packet) -> Value {
+    let tag = ServerTag::new(0, "", false);
+    serde_json::from_str::<Value>(&encode_packet(&tag, p, None))
+        .ok()
+        .and_then(|mut v| v.get_mut("data").map(Value::take))
+        .unwrap_or(Value::Null)
+}
+
 /// Type 1: the banner a PBX greeted us with.
 pub fn encode_prompt(tag: &ServerTag, banner: &str) -> ByteString {
     encode_fields(MsgType::Prompt, Some(tag), &[("Prompt", banner)])

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
-use serde_json::json;
 
+use crate::auth::Identity;
 use crate::config::LimitSettings;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::registry::{ClientRequest, Join, Leave, ListServers, Registry};
+use crate::registry::{ClientRequest, Join, Leave, Registry};
 use crate::ws::outbound::SessionIo;
-use crate::ws::protocol::{encode_reply, encode_reply_value, parse_client, ClientMessage};
+use crate::ws::protocol::{encode_reply, parse_client, ClientMessage};
 
 /// Frames to write, shared with every other session that receives them.
 #[derive(Message)]
@@ -63,11 +63,12 @@ impl TokenBucket {
 
 /// One browser connection.
 pub struct WsSession {
-    id: u64,
-    registry: Addr<Registry>,
+    pub(super) id: u64,
+    pub(super) identity: Identity,
+    pub(super) registry: Addr<Registry>,
     io: Arc<SessionIo>,
     limits: LimitSettings,
-    metrics: SharedMetrics,
+    pub(super) metrics: SharedMetrics,
     last_heard: Instant,
     bucket: TokenBucket,
 }
@@ -75,6 +76,7 @@ pub struct WsSession {
 impl WsSession {
     pub fn new(
         id: u64,
+        identity: Identity,
         registry: Addr<Registry>,
         io: Arc<SessionIo>,
         limits: LimitSettings,
@@ -82,6 +84,7 @@ impl WsSession {
     ) -> WsSession {
         WsSession {
             id,
+            identity,
             registry,
             io,
             bucket: TokenBucket::new(limits.actions_per_second),
@@ -92,12 +95,17 @@ impl WsSession {
     }
 
     /// Writes a reply of amihub's own, counted against this session's queue like any frame.
-    fn reply(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+    pub(super) fn reply(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
         self.io.add_queued(frame.len());
         ctx.text(frame);
     }
 
-    fn error(&self, ctx: &mut ws::WebsocketContext<Self>, message: &str, id: Option<&str>) {
+    pub(super) fn error(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        message: &str,
+        id: Option<&str>,
+    ) {
         Metrics::inc(&self.metrics.ws_client_errors_total);
         let mut fields = vec![("Response", "Error"), ("Message", message)];
         if let Some(id) = id {
@@ -138,7 +146,7 @@ impl WsSession {
                 server,
                 client_id,
             } => self.on_action(action, server, client_id, ctx),
-            ClientMessage::Proxy { name, .. } => self.on_proxy(&name, ctx),
+            ClientMessage::Proxy { name, body } => self.on_proxy(&name, body, ctx),
         }
     }
 
@@ -182,31 +190,27 @@ impl WsSession {
                 }));
                 ctx.stop();
             }
+            name if !self.identity.rights.may_send(name) => {
+                Metrics::inc(&self.metrics.actions_refused_total);
+                log::warn!(
+                    "session {} (user {}): refused action {} (not permitted)",
+                    self.id,
+                    self.identity.name,
+                    action.name()
+                );
+                let msg = format!(
+                    "Action {} is not permitted for user {}",
+                    action.name(),
+                    self.identity.name
+                );
+                self.error(ctx, &msg, id);
+            }
             _ => self.registry.do_send(ClientRequest {
                 session: self.id,
                 action,
                 server,
                 client_id,
             }),
-        }
-    }
-
-    fn on_proxy(&mut self, name: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        match name {
-            "ListServers" => {
-                self.registry
-                    .send(ListServers)
-                    .into_actor(self)
-                    .map(|res, act, ctx| match res {
-                        Ok(servers) => {
-                            let data = json!({"Response": "Success", "ProxyAction": "ListServers", "Servers": servers});
-                            act.reply(ctx, encode_reply_value(&data));
-                        }
-                        Err(_) => act.error(ctx, "registry unavailable", None),
-                    })
-                    .wait(ctx);
-            }
-            other => self.error(ctx, &format!("Unknown ProxyAction {other:?}"), None),
         }
     }
 }
@@ -218,6 +222,8 @@ impl Actor for WsSession {
         Metrics::inc(&self.metrics.ws_sessions_total);
         self.registry.do_send(Join {
             session: self.id,
+            user: self.identity.name.clone(),
+            rights: self.identity.rights.clone(),
             out: ctx.address().recipient(),
             close: ctx.address().recipient(),
             io: self.io.clone(),

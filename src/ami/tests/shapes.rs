@@ -80,7 +80,9 @@ fn empty_value() {
     let p = one_packet("Event: Newchannel\r\nAccountCode: \r\nLanguage:\r\nTab:\t x \r\n\r\n");
     assert_eq!(p.get("AccountCode"), Some(""));
     assert_eq!(p.get("Language"), Some(""));
-    assert_eq!(p.get("Tab"), Some("x "), "leading blanks go, trailing stay");
+    assert_eq!(p.get("Tab"), Some("\t x "), "only the one separator space goes");
+    let p = one_packet("Event: X\r\nOutput:   col1   col2\r\n\r\n");
+    assert_eq!(p.get("Output"), Some("  col1   col2"), "alignment survives");
 }
 
 #[test]
@@ -422,7 +424,7 @@ fn parse_packet_ignores_surrounding_blank_lines() {
 #[test]
 fn packet_from_headers_equals_the_parsed_packet() {
     let built = Packet::from_headers([("Event", "A"), ("X", "")]);
-    assert_eq!(built, one_packet("Event:   A\r\nX:\r\n\r\n"));
+    assert_eq!(built, one_packet("Event: A\r\nX:\r\n\r\n"));
     assert_ne!(built, one_packet("Event: A\r\nX: y\r\n\r\n"));
     assert_eq!(built.kind(), PacketKind::Event);
     assert!(built.heap_bytes() >= "Event: A\r\nX: \r\n".len());

@@ -1,0 +1,502 @@
+//! Who may do what: users (argon2 password hashes, bearer tokens, an htdigest file for HTTP
+//! Digest) and their rights (servers, actions, events, admin). Pure checks over request parts;
+//! the HTTP layer calls [`Authenticator::authenticate`] and hands the [`Identity`] on.
+
+pub mod digest;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::Argon2;
+use base64::Engine;
+
+use crate::config::{Settings, UserSettings};
+
+/// Actions a user may send when `actions` is not configured: read-only, no side effects on calls,
+/// configuration or the PBX host.
+pub const READ_ONLY_ACTIONS: &[&str] = &[
+    "Ping",
+    "CoreStatus",
+    "CoreSettings",
+    "CoreShowChannels",
+    "CoreShowChannelMap",
+    "Status",
+    "QueueStatus",
+    "QueueSummary",
+    "BridgeList",
+    "BridgeInfo",
+    "DeviceStateList",
+    "ExtensionState",
+    "ExtensionStateList",
+    "PresenceState",
+    "PresenceStateList",
+    "PJSIPShowEndpoints",
+    "PJSIPShowEndpoint",
+    "PJSIPShowContacts",
+    "PJSIPShowAors",
+    "PJSIPShowRegistrationsOutbound",
+    "SIPpeers",
+    "SIPshowpeer",
+    "IAXpeers",
+    "IAXpeerlist",
+    "Agents",
+    "ParkedCalls",
+    "ConfbridgeList",
+    "ConfbridgeListRooms",
+    "MeetmeList",
+    "MailboxCount",
+    "MailboxStatus",
+    "ListCommands",
+];
+
+/// A set that is either everything (`["*"]`) or an explicit list (compared case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allow {
+    All,
+    Only(HashSet<String>),
+}
+
+impl Allow {
+    pub fn from_list<S: AsRef<str>>(items: &[S]) -> Allow {
+        if items.iter().any(|i| i.as_ref() == "*") {
+            Allow::All
+        } else {
+            Allow::Only(
+                items
+                    .iter()
+                    .map(|i| i.as_ref().to_ascii_lowercase())
+                    .collect(),
+            )
+        }
+    }
+
+    pub fn allows(&self, item: &str) -> bool {
+        match self {
+            Allow::All => true,
+            Allow::Only(set) => set.contains(&item.to_ascii_lowercase()),
+        }
+    }
+
+    pub fn is_all(&self) -> bool {
+        matches!(self, Allow::All)
+    }
+}
+
+/// What one user may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rights {
+    pub servers: Allow,
+    pub actions: Allow,
+    pub events: Allow,
+    pub admin: bool,
+}
+
+impl Rights {
+    /// Everything: loopback clients of a service with no users configured.
+    pub fn everything() -> Rights {
+        Rights {
+            servers: Allow::All,
+            actions: Allow::All,
+            events: Allow::All,
+            admin: true,
+        }
+    }
+
+    pub fn from_user(u: &UserSettings) -> Rights {
+        Rights {
+            servers: u.servers.as_deref().map_or(Allow::All, Allow::from_list),
+            actions: u
+                .actions
+                .as_deref()
+                .map_or_else(|| Allow::from_list(READ_ONLY_ACTIONS), Allow::from_list),
+            events: u.events.as_deref().map_or(Allow::All, Allow::from_list),
+            admin: u.admin,
+        }
+    }
+
+    /// A server is named by id or by name in `servers`.
+    pub fn may_see_server(&self, id: u32, name: &str) -> bool {
+        self.servers.allows(&id.to_string()) || self.servers.allows(name)
+    }
+
+    pub fn may_send(&self, action: &str) -> bool {
+        self.actions.allows(action)
+    }
+
+    pub fn may_see_event(&self, event: &str) -> bool {
+        self.events.allows(event)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub rights: Arc<Rights>,
+}
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("authentication required")]
+    Missing,
+    #[error("invalid credentials")]
+    Invalid,
+    #[error("no users are configured: only loopback clients are served")]
+    RemoteWithoutUsers,
+}
+
+/// The parts of a request authentication looks at.
+pub struct Credentials<'a> {
+    pub method: &'a str,
+    pub authorization: Option<&'a str>,
+    pub query_token: Option<&'a str>,
+    pub peer: Option<IpAddr>,
+    /// Addresses named by Forwarded / X-Forwarded-For / X-Real-IP (a reverse proxy's client).
+    pub forwarded_for: Vec<IpAddr>,
+}
+
+struct User {
+    name: String,
+    password_hash: Option<String>,
+    token: Option<String>,
+    rights: Arc<Rights>,
+}
+
+/// Checks credentials against the configured users; built once from the settings.
+pub struct Authenticator {
+    users: Vec<User>,
+    digest: Option<digest::DigestUsers>,
+    default_rights: Arc<Rights>,
+    open_remote: bool,
+    /// Argon2 is deliberately slow: remember (user, password) pairs already verified.
+    verified: Mutex<HashSet<(String, [u8; 16])>>,
+}
+
+/// Successful password checks remembered at most.
+const VERIFIED_CACHE: usize = 4096;
+
+impl Authenticator {
+    pub fn new(settings: &Settings) -> Result<Authenticator, String> {
+        let users = settings
+            .users
+            .iter()
+            .map(|u| User {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                token: u.token.clone(),
+                rights: Arc::new(Rights::from_user(u)),
+            })
+            .collect();
+        let digest = match &settings.http.auth_file {
+            Some(path) => Some(digest::DigestUsers::load(path, &settings.http.auth_domain)?),
+            None => None,
+        };
+        Ok(Authenticator {
+            users,
+            digest,
+            default_rights: Arc::new(Rights::from_user(&UserSettings::default())),
+            open_remote: settings.http.allow_anonymous_remote,
+            verified: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// True when no user source is configured (anonymous loopback mode).
+    pub fn is_open(&self) -> bool {
+        self.users.is_empty() && self.digest.is_none()
+    }
+
+    /// The `WWW-Authenticate` challenges to send with a 401.
+    pub fn challenges(&self) -> Vec<String> {
+        let mut out = vec!["Basic realm=\"amihub\", charset=\"UTF-8\"".to_string()];
+        if let Some(d) = &self.digest {
+            out.push(d.challenge());
+        }
+        out.push("Bearer realm=\"amihub\"".into());
+        out
+    }
+
+    pub fn authenticate(&self, c: &Credentials<'_>) -> Result<Identity, AuthError> {
+        if self.is_open() {
+            let local = |ip: &IpAddr| ip.is_loopback();
+            let all_local = c.peer.as_ref().is_some_and(local) && c.forwarded_for.iter().all(local);
+            if all_local || self.open_remote {
+                return Ok(Identity {
+                    name: "anonymous".into(),
+                    rights: Arc::new(Rights::everything()),
+                });
+            }
+            return Err(AuthError::RemoteWithoutUsers);
+        }
+        if let Some(token) = c.query_token {
+            return self.by_token(token);
+        }
+        let Some(header) = c.authorization else {
+            return Err(AuthError::Missing);
+        };
+        let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+        match scheme.to_ascii_lowercase().as_str() {
+            "bearer" => self.by_token(rest.trim()),
+            "basic" => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(rest.trim())
+                    .map_err(|_| AuthError::Invalid)?;
+                let text = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
+                let (name, password) = text.split_once(':').ok_or(AuthError::Invalid)?;
+                self.by_password(name, password)
+            }
+            "digest" => {
+                let d = self.digest.as_ref().ok_or(AuthError::Invalid)?;
+                let name = d.verify(c.method, rest).ok_or(AuthError::Invalid)?;
+                Ok(self.identity_for(&name))
+            }
+            _ => Err(AuthError::Invalid),
+        }
+    }
+
+    fn identity_for(&self, name: &str) -> Identity {
+        let rights = self
+            .users
+            .iter()
+            .find(|u| u.name == name)
+            .map_or_else(|| self.default_rights.clone(), |u| u.rights.clone());
+        Identity {
+            name: name.to_string(),
+            rights,
+        }
+    }
+
+    fn by_token(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Invalid);
+        }
+        let mut found = None;
+        for u in &self.users {
+            // Compare every token in full so timing tells nothing about which one matched.
+            if u.token
+                .as_deref()
+                .is_some_and(|t| ct_eq(t.as_bytes(), token.as_bytes()))
+            {
+                found = Some(u);
+            }
+        }
+        found
+            .map(|u| Identity {
+                name: u.name.clone(),
+                rights: u.rights.clone(),
+            })
+            .ok_or(AuthError::Invalid)
+    }
+
+    fn by_password(&self, name: &str, password: &str) -> Result<Identity, AuthError> {
+        let user = self.users.iter().find(|u| u.name == name);
+        let Some(hash) = user.and_then(|u| u.password_hash.as_deref()) else {
+            // An htdigest user may also use Basic: HA1 = MD5(user:realm:password).
+            if let Some(d) = &self.digest {
+                if d.check_password(name, password) {
+                    return Ok(self.identity_for(name));
+                }
+            }
+            return Err(AuthError::Invalid);
+        };
+        let key = (name.to_string(), fingerprint(hash, password));
+        let cached = self
+            .verified
+            .lock()
+            .map(|v| v.contains(&key))
+            .unwrap_or(false);
+        if !cached {
+            let parsed = PasswordHash::new(hash).map_err(|_| AuthError::Invalid)?;
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .map_err(|_| AuthError::Invalid)?;
+            if let Ok(mut v) = self.verified.lock() {
+                if v.len() >= VERIFIED_CACHE {
+                    v.clear();
+                }
+                v.insert(key);
+            }
+        }
+        Ok(self.identity_for(name))
+    }
+}
+
+/// A keyed digest of (hash, password) so the cache never holds a password.
+fn fingerprint(hash: &str, password: &str) -> [u8; 16] {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update(hash.as_bytes());
+    h.update([0]);
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+/// Constant-time equality for secrets.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Prints an argon2id PHC string for `password` (the `hash-password` subcommand).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `Forwarded: for=…` / `X-Forwarded-For` / `X-Real-IP` values into addresses.
+pub fn forwarded_addresses<'a>(values: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for v in values {
+        for part in v.split([',', ';']) {
+            let p = part.trim();
+            let p = p.strip_prefix("for=").unwrap_or(p).trim_matches('"');
+            let p = p.trim_start_matches('[');
+            let p = p.split(']').next().unwrap_or(p);
+            if let Ok(ip) = p.parse::<IpAddr>() {
+                out.push(ip);
+            } else if let Some(Ok(ip)) = p.rsplit_once(':').map(|(h, _)| h.parse::<IpAddr>()) {
+                out.push(ip);
+            } else if !p.is_empty() && !p.contains('=') {
+                // Unparseable (e.g. "unknown"): treat as not local.
+                out.push(IpAddr::from([0, 0, 0, 0]));
+            }
+        }
+    }
+    out
+}
+
+/// Rights indexed by user name (for reload and listings).
+pub type RightsByUser = HashMap<String, Arc<Rights>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(users: &str) -> Settings {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(users, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        let mut s: Settings = raw.try_deserialize().unwrap();
+        s.finish().unwrap();
+        s
+    }
+
+    fn creds<'a>(auth: Option<&'a str>, token: Option<&'a str>, peer: &str) -> Credentials<'a> {
+        Credentials {
+            method: "GET",
+            authorization: auth,
+            query_token: token,
+            peer: peer.parse().ok(),
+            forwarded_for: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn no_users_means_loopback_only() {
+        let a = Authenticator::new(&settings("")).unwrap();
+        assert!(a.authenticate(&creds(None, None, "127.0.0.1")).is_ok());
+        assert!(a.authenticate(&creds(None, None, "::1")).is_ok());
+        assert_eq!(
+            a.authenticate(&creds(None, None, "10.1.2.3")).unwrap_err(),
+            AuthError::RemoteWithoutUsers
+        );
+        let mut proxied = creds(None, None, "127.0.0.1");
+        proxied.forwarded_for = forwarded_addresses(["203.0.113.9"].into_iter());
+        assert_eq!(
+            a.authenticate(&proxied).unwrap_err(),
+            AuthError::RemoteWithoutUsers
+        );
+    }
+
+    #[test]
+    fn tokens_and_passwords() {
+        let hash = hash_password("pw").unwrap();
+        let a = Authenticator::new(&settings(&format!(
+            "[[users]]\nname='ops'\ntoken='t0k-0123456789abcdef'\n[[users]]\nname='alice'\npassword_hash='{hash}'\nactions=['*']\n"
+        )))
+        .unwrap();
+        let who = a
+            .authenticate(&creds(Some("Bearer t0k-0123456789abcdef"), None, "10.0.0.1"))
+            .unwrap();
+        assert_eq!(who.name, "ops");
+        assert!(!who.rights.may_send("Originate"));
+        assert!(who.rights.may_send("corestatus"));
+        assert_eq!(
+            a.authenticate(&creds(None, Some("t0k-0123456789abcdef"), "10.0.0.1"))
+                .unwrap()
+                .name,
+            "ops"
+        );
+        assert_eq!(
+            a.authenticate(&creds(Some("Bearer nope"), None, "10.0.0.1"))
+                .unwrap_err(),
+            AuthError::Invalid
+        );
+        assert_eq!(
+            a.authenticate(&creds(None, None, "127.0.0.1")).unwrap_err(),
+            AuthError::Missing
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:pw")
+        );
+        let who = a
+            .authenticate(&creds(Some(&basic), None, "10.0.0.1"))
+            .unwrap();
+        assert!(who.rights.may_send("Originate"));
+        // Second time hits the cache and still succeeds.
+        assert!(a
+            .authenticate(&creds(Some(&basic), None, "10.0.0.1"))
+            .is_ok());
+        let wrong = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:px")
+        );
+        assert_eq!(
+            a.authenticate(&creds(Some(&wrong), None, "10.0.0.1"))
+                .unwrap_err(),
+            AuthError::Invalid
+        );
+    }
+
+    #[test]
+    fn rights_match_ids_names_and_case() {
+        let r = Rights::from_user(&UserSettings {
+            servers: Some(vec!["2".into(), "East".into()]),
+            actions: Some(vec!["originate".into()]),
+            events: Some(vec!["Hangup".into()]),
+            ..UserSettings::default()
+        });
+        assert!(
+            r.may_see_server(2, "x") && r.may_see_server(7, "east") && !r.may_see_server(1, "west")
+        );
+        assert!(r.may_send("Originate") && !r.may_send("Command"));
+        assert!(r.may_see_event("hangup") && !r.may_see_event("Newchannel"));
+        let d = Rights::from_user(&UserSettings::default());
+        for denied in [
+            "Originate",
+            "Redirect",
+            "Hangup",
+            "Command",
+            "Setvar",
+            "UpdateConfig",
+            "GetConfig",
+            "DBPut",
+            "Events",
+        ] {
+            assert!(
+                !d.may_send(denied),
+                "{denied} must not be in the read-only default"
+            );
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The registry's management messages: servers added and dropped at runtime, listings for the
+//! API and admins, readiness, and HTTP actions that collect a complete result.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::pending::{ActionFailure, Collected, Pending, ReplyTo};
+use super::{Registry, ServerEntry};
+use crate::ami::Action;
+use crate::auth::Rights;
+use crate::config::ServerSettings;
+use crate::metrics::Metrics;
+use crate::pbx::{PbxConn, ServerStatus, Shutdown as PbxShutdown};
+use crate::ws::protocol::{encode_status, ServerTag};
+
+/// Start a supervised PBX actor for this server (validated settings) and route for it.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct AddServer {
+    pub settings: Arc<ServerSettings>,
+}
+
+/// Log off and forget a server.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct DropServer {
+    pub id: u32,
+}
+
+/// The servers `rights` may see (all when None).
+#[derive(Message)]
+#[rtype(result = "Vec<ServerInfo>")]
+pub struct ListServers {
+    pub rights: Option<Arc<Rights>>,
+}
+
+/// Every session (admins).
+#[derive(Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct ListSessions;
+
+/// True once every server has finished its first connection attempt.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Readiness;
+
+/// Send an action and collect its whole result (response, list events, command output).
+#[derive(Message)]
+#[rtype(result = "Result<oneshot::Receiver<Result<Collected, ActionFailure>>, ActionFailure>")]
+pub struct HttpAction {
+    pub server: u32,
+    pub action: Action,
+    pub rights: Arc<Rights>,
+    pub timeout: Duration,
+}
+
+/// A server as `GET /api/v1/servers` and `ListServers` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub id: u32,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub ssl: bool,
+    pub status: &'static str,
+    pub reason: String,
+    pub banner: String,
+    /// Unix time (ms) of the last status change.
+    pub since_ms: u64,
+    pub connects: u64,
+}
+
+/// A session as `ListSessions` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub user: String,
+    pub queued_bytes: usize,
+    pub pending_actions: usize,
+    pub subscribed: bool,
+}
+
+impl Handler<AddServer> for Registry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: AddServer, ctx: &mut Context<Self>) -> Self::Result {
+        let s = msg.settings;
+        if self.servers.contains_key(&s.id) {
+            return Err(format!("server id {} already exists", s.id));
+        }
+        if self.servers.values().any(|e| e.tag.name == s.name) {
+            return Err(format!("server name {:?} already exists", s.name));
+        }
+        let (limits, reconnect) = (self.ami_limits, self.reconnect.clone());
+        let (registry, metrics, settings) = (ctx.address(), self.metrics.clone(), s.clone());
+        let addr = Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
+            PbxConn::new(settings, limits, reconnect, registry, metrics)
+        });
+        log::info!(
+            "server {} ({}): added ({}:{})",
+            s.id,
+            s.name,
+            s.host,
+            s.port
+        );
+        self.servers.insert(
+            s.id,
+            ServerEntry {
+                tag: ServerTag::new(s.id, &s.name, s.tls),
+                settings: s,
+                addr,
+                status: ServerStatus::Connecting,
+                reason: String::new(),
+                banner: String::new(),
+                since: SystemTime::now(),
+                connects: 0,
+                settled: false,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Handler<DropServer> for Registry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: DropServer, ctx: &mut Context<Self>) -> Self::Result {
+        let entry = self
+            .servers
+            .remove(&msg.id)
+            .ok_or_else(|| format!("unknown server {}", msg.id))?;
+        log::info!("server {} ({}): dropped", msg.id, entry.tag.name);
+        let lost: Vec<u64> = self
+            .pending
+            .map
+            .iter()
+            .filter(|(_, p)| p.server_id == msg.id)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in lost {
+            self.fail(
+                ctx,
+                seq,
+                ActionFailure::Failed(format!("server {} was removed", msg.id)),
+            );
+        }
+        if entry.status == ServerStatus::Connected {
+            self.metrics
+                .pbx_connected
+                .fetch_sub(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Tell sessions, then log off; dropping the last Addr stops the supervisor.
+        let frame = encode_status(&entry.tag, ServerStatus::Disconnected.as_str(), "removed");
+        let name = entry.tag.name.clone();
+        self.servers.insert(msg.id, entry);
+        self.broadcast(
+            ctx,
+            msg.id,
+            &[super::fanout::Outgoing {
+                frame,
+                packet: None,
+            }],
+        );
+        if let Some(entry) = self.servers.remove(&msg.id) {
+            let addr = entry.addr;
+            actix::spawn(async move {
+                let _ = addr.send(PbxShutdown).await;
+            });
+        }
+        let _ = name;
+        Ok(())
+    }
+}
+
+impl Handler<ListServers> for Registry {
+    type Result = MessageResult<ListServers>;
+
+    fn handle(&mut self, msg: ListServers, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.servers
+                .values()
+                .filter(|s| {
+                    msg.rights
+                        .as_ref()
+                        .is_none_or(|r| r.may_see_server(s.tag.id, &s.tag.name))
+                })
+                .map(|s| ServerInfo {
+                    id: s.tag.id,
+                    name: s.tag.name.clone(),
+                    host: s.settings.host.clone(),
+                    port: s.settings.port,
+                    ssl: s.tag.ssl,
+                    status: s.status.as_str(),
+                    reason: s.reason.clone(),
+                    banner: s.banner.clone(),
+                    since_ms: s
+                        .since
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    connects: s.connects,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Handler<ListSessions> for Registry {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, _: ListSessions, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut out: Vec<SessionInfo> = self
+            .sessions
+            .map
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                id: *id,
+                user: s.user.clone(),
+                queued_bytes: s.io.queued(),
+                pending_actions: s.pending,
+                subscribed: s.subscription.is_some(),
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        MessageResult(out)
+    }
+}
+
+impl Handler<Readiness> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, _: Readiness, _ctx: &mut Context<Self>) -> bool {
+        self.servers.values().all(|s| s.settled)
+    }
+}
+
+impl Handler<HttpAction> for Registry {
+    type Result = Result<oneshot::Receiver<Result<Collected, ActionFailure>>, ActionFailure>;
+
+    fn handle(&mut self, msg: HttpAction, ctx: &mut Context<Self>) -> Self::Result {
+        let server = self
+            .servers
+            .get(&msg.server)
+            .ok_or(ActionFailure::UnknownServer(msg.server))?;
+        if !msg.rights.may_see_server(server.tag.id, &server.tag.name) {
+            Metrics::inc(&self.metrics.actions_refused_total);
+            return Err(ActionFailure::Forbidden(format!("server {}", msg.server)));
+        }
+        let (tx, rx) = oneshot::channel();
+        let reply = ReplyTo::Collect {
+            tx: Some(tx),
+            response: None,
+            events: Vec::new(),
+        };
+        let pending = Pending::new(reply, msg.server, None, &msg.action, msg.timeout);
+        self.dispatch(ctx, msg.server, msg.action, pending)?;
+        Ok(rx)
+    }
+}

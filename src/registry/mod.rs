@@ -1,0 +1,588 @@
+//! The registry actor: server_id -> PBX actor, the set of WebSocket sessions, and ActionID routing.
+//!
+//! It decides who receives each packet: unsolicited events go to every session allowed to see
+//! them (the JSON rendered once and shared), responses and list events go only to whoever asked,
+//! with their own ActionID. It never waits for a session: bytes queued per session are counted
+//! and a session past its bound is cut loose with 4008.
+
+mod admin;
+pub mod fanout;
+pub mod pending;
+pub mod subscription;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use crate::ami::{Action, Limits, Packet};
+use crate::auth::Rights;
+use crate::config::{LimitSettings, ReconnectSettings, ServerSettings};
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::pbx::{PbxConn, SendAction, ServerStatus, Shutdown as PbxShutdown};
+use crate::ws::outbound::SessionIo;
+use crate::ws::protocol::{encode_packet, encode_prompt, encode_reply, encode_status, ServerTag};
+use crate::ws::session::{CloseSession, Deliver};
+pub use admin::{
+    AddServer, DropServer, HttpAction, ListServers, ListSessions, Readiness, ServerInfo,
+    SessionInfo,
+};
+use fanout::{Outgoing, SessionEntry, Sessions};
+pub use pending::{ActionFailure, Collected};
+use pending::{Pending, PendingTable, ReplyTo, ID_PREFIX};
+pub use subscription::Subscription;
+
+/// A session cut loose for falling behind gets this long to read its close frame.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// One packet from a PBX; `json` is its broadcast rendering when it carried no ActionID.
+pub struct Inbound {
+    pub packet: Packet,
+    pub json: Option<ByteString>,
+}
+
+/// Packets read from one PBX, in wire order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PbxPackets {
+    pub server_id: u32,
+    pub items: Vec<Inbound>,
+}
+
+/// A PBX connection changed state (or greeted us with a banner).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PbxStatusChanged {
+    pub server_id: u32,
+    pub status: ServerStatus,
+    pub reason: String,
+    pub banner: Option<String>,
+}
+
+/// A WebSocket session joins: it receives current statuses, then what it may see.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    pub session: u64,
+    pub user: String,
+    pub out: Recipient<Deliver>,
+    pub close: Recipient<CloseSession>,
+    pub io: Arc<SessionIo>,
+    pub rights: Arc<Rights>,
+}
+
+/// A session is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub session: u64,
+}
+
+/// An action from a session (already checked against the user's action allowlist), for one
+/// server or every server the user may act on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientRequest {
+    pub session: u64,
+    pub action: Action,
+    pub server: Option<u32>,
+    pub client_id: Option<String>,
+}
+
+/// Replace what a session receives (within its rights).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub session: u64,
+    pub subscription: Subscription,
+}
+
+/// Close every session with 1001 and log off every PBX.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+struct ServerEntry {
+    settings: Arc<ServerSettings>,
+    tag: ServerTag,
+    addr: Addr<PbxConn>,
+    status: ServerStatus,
+    reason: String,
+    banner: String,
+    since: SystemTime,
+    connects: u64,
+    /// The first connection attempt has finished (either way): counts towards readiness.
+    settled: bool,
+}
+
+/// The registry actor (one per process).
+pub struct Registry {
+    limits: LimitSettings,
+    ami_limits: Limits,
+    reconnect: ReconnectSettings,
+    pbx_arbiter: ArbiterHandle,
+    metrics: SharedMetrics,
+    servers: BTreeMap<u32, ServerEntry>,
+    sessions: Sessions,
+    pending: PendingTable,
+}
+
+impl Registry {
+    /// PBX actors run on `pbx_arbiter`, away from the registry and the HTTP workers.
+    pub fn new(
+        limits: LimitSettings,
+        ami_limits: Limits,
+        reconnect: ReconnectSettings,
+        pbx_arbiter: ArbiterHandle,
+        metrics: SharedMetrics,
+    ) -> Registry {
+        Registry {
+            sessions: Sessions::new(limits.session_queue_bytes, metrics.clone()),
+            limits,
+            ami_limits,
+            reconnect,
+            pbx_arbiter,
+            metrics,
+            servers: BTreeMap::new(),
+            pending: PendingTable::default(),
+        }
+    }
+
+    fn reply(&mut self, ctx: &mut Context<Self>, session: u64, frame: ByteString) {
+        if !self.sessions.send(session, Arc::from(vec![frame])) {
+            self.cut_loose(ctx, session);
+        }
+    }
+
+    fn error_reply(
+        &mut self,
+        ctx: &mut Context<Self>,
+        session: u64,
+        server: Option<u32>,
+        id: Option<&str>,
+        message: &str,
+    ) {
+        let tag = server
+            .and_then(|s| self.servers.get(&s))
+            .map(|e| e.tag.clone());
+        let mut fields = vec![("Response", "Error"), ("Message", message)];
+        fields.extend(id.map(|id| ("ActionID", id)));
+        let frame = encode_reply(tag.as_ref(), &fields);
+        self.reply(ctx, session, frame);
+    }
+
+    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, batch: &[Outgoing]) {
+        let Some(name) = self.servers.get(&server).map(|s| s.tag.name.clone()) else {
+            return;
+        };
+        for id in self.sessions.broadcast((server, &name), batch) {
+            self.cut_loose(ctx, id);
+        }
+    }
+
+    /// Closes a session that fell behind with 4008; it never slows anyone else.
+    fn cut_loose(&mut self, ctx: &mut Context<Self>, session: u64) {
+        let Some(entry) = self.sessions.map.remove(&session) else {
+            return;
+        };
+        self.pending.map.retain(|_, p| p.session() != Some(session));
+        Metrics::inc(&self.metrics.ws_slow_consumer_closes_total);
+        log::warn!(
+            "session {session} ({}): slow consumer, closing with 4008",
+            entry.user
+        );
+        entry.io.abort(4008, "slow consumer");
+        let io = entry.io;
+        ctx.run_later(SLOW_CLOSE_GRACE, move |_, _| io.kill());
+    }
+
+    /// Removes a pending action, releasing its slot in the session's count.
+    fn finish(&mut self, seq: u64) -> Option<Pending> {
+        let p = self.pending.map.remove(&seq)?;
+        if let Some(s) = p.session().and_then(|s| self.sessions.map.get_mut(&s)) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+        Some(p)
+    }
+
+    /// Ends a pending action with an error for whoever waits on it.
+    fn fail(&mut self, ctx: &mut Context<Self>, seq: u64, failure: ActionFailure) {
+        let Some(mut p) = self.finish(seq) else {
+            return;
+        };
+        match &mut p.reply {
+            ReplyTo::Session(session) => {
+                let (session, id) = (*session, p.shown_id(seq));
+                self.error_reply(
+                    ctx,
+                    session,
+                    Some(p.server_id),
+                    Some(&id),
+                    &failure.to_string(),
+                );
+            }
+            ReplyTo::Collect { tx, .. } => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(failure));
+                }
+            }
+        }
+    }
+
+    /// A packet carrying one of our ActionIDs: to its requester if it is part of the reply.
+    fn route_reply(
+        &mut self,
+        ctx: &mut Context<Self>,
+        seq: u64,
+        packet: Packet,
+        tag: &ServerTag,
+    ) -> Option<Packet> {
+        let p = self.pending.map.get_mut(&seq)?;
+        let Some(done) = p.absorb(&packet) else {
+            return Some(packet);
+        };
+        let shown = p.shown_id(seq);
+        match &mut p.reply {
+            ReplyTo::Session(session) => {
+                let session = *session;
+                if done {
+                    self.finish(seq);
+                }
+                let frame = encode_packet(tag, &packet, Some(&shown));
+                self.reply(ctx, session, frame);
+            }
+            ReplyTo::Collect {
+                tx,
+                response,
+                events,
+            } => {
+                if packet.get("Response").is_some() {
+                    *response = Some(packet);
+                } else {
+                    events.push(packet);
+                }
+                if done {
+                    let tx = tx.take();
+                    let result = Collected {
+                        response: response.take().unwrap_or_default(),
+                        events: std::mem::take(events),
+                    };
+                    self.finish(seq);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Ok(result));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        for seq in self.pending.expired(Instant::now()) {
+            let responded = self.pending.map.get(&seq).is_some_and(|p| p.responded);
+            let collecting = self
+                .pending
+                .map
+                .get(&seq)
+                .is_some_and(|p| p.session().is_none());
+            if responded && !collecting {
+                self.finish(seq);
+            } else {
+                self.fail(ctx, seq, ActionFailure::Timeout);
+            }
+        }
+    }
+
+    /// Writes an action upstream under a fresh id; failures come back through `fail`.
+    fn dispatch(
+        &mut self,
+        ctx: &mut Context<Self>,
+        server_id: u32,
+        mut action: Action,
+        pending: Pending,
+    ) -> Result<(), ActionFailure> {
+        let server = self
+            .servers
+            .get(&server_id)
+            .ok_or(ActionFailure::UnknownServer(server_id))?;
+        if server.status != ServerStatus::Connected {
+            return Err(ActionFailure::NotConnected(server_id));
+        }
+        let addr = server.addr.clone();
+        if let Some(s) = pending
+            .session()
+            .and_then(|s| self.sessions.map.get_mut(&s))
+        {
+            if s.pending >= self.limits.max_pending_actions_per_session {
+                return Err(ActionFailure::Failed("Too many outstanding actions".into()));
+            }
+            s.pending += 1;
+        }
+        let seq = self.pending.insert(pending);
+        action.set("ActionID", format!("{ID_PREFIX}{seq}"));
+        ctx.spawn(
+            addr.send(SendAction { action })
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let err = match res {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    act.fail(ctx, seq, ActionFailure::Failed(err));
+                }),
+        );
+        Ok(())
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(64);
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| act.sweep(ctx));
+    }
+}
+
+impl Handler<PbxPackets> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: PbxPackets, ctx: &mut Context<Self>) {
+        let Some(tag) = self.servers.get(&msg.server_id).map(|s| s.tag.clone()) else {
+            return;
+        };
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(msg.items.len());
+        for item in msg.items {
+            let packet = match item.json {
+                Some(frame) => {
+                    batch.push(Outgoing {
+                        frame,
+                        packet: Some(item.packet),
+                    });
+                    continue;
+                }
+                None => item.packet,
+            };
+            let mut packet = packet;
+            let mut restored = None;
+            if let Some(seq) = self.pending.lookup(packet.action_id()) {
+                // Keep wire order for everyone: what came before this reply goes out first.
+                let before = std::mem::take(&mut batch);
+                self.broadcast(ctx, msg.server_id, &before);
+                restored = self.pending.map.get(&seq).map(|p| p.shown_id(seq));
+                match self.route_reply(ctx, seq, packet, &tag) {
+                    Some(p) => packet = p,
+                    None => continue,
+                }
+            }
+            let frame = encode_packet(&tag, &packet, restored.as_deref());
+            batch.push(Outgoing {
+                frame,
+                packet: Some(packet),
+            });
+        }
+        self.broadcast(ctx, msg.server_id, &batch);
+    }
+}
+
+impl Handler<PbxStatusChanged> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: PbxStatusChanged, ctx: &mut Context<Self>) {
+        let Some(server) = self.servers.get_mut(&msg.server_id) else {
+            return;
+        };
+        let tag = server.tag.clone();
+        if let Some(banner) = msg.banner {
+            let frame = encode_prompt(&tag, &banner);
+            server.banner = banner;
+            self.broadcast(
+                ctx,
+                msg.server_id,
+                &[Outgoing {
+                    frame,
+                    packet: None,
+                }],
+            );
+            return;
+        }
+        if msg.status != ServerStatus::Connecting {
+            server.settled = true;
+        }
+        if server.status == msg.status && server.reason == msg.reason {
+            return;
+        }
+        let was_connected = server.status == ServerStatus::Connected;
+        server.status = msg.status;
+        server.reason = msg.reason.clone();
+        server.since = SystemTime::now();
+        if msg.status == ServerStatus::Connected {
+            server.connects += 1;
+        }
+        let frame = encode_status(&tag, msg.status.as_str(), &msg.reason);
+        self.broadcast(
+            ctx,
+            msg.server_id,
+            &[Outgoing {
+                frame,
+                packet: None,
+            }],
+        );
+        if was_connected && msg.status != ServerStatus::Connected {
+            let lost: Vec<u64> = self
+                .pending
+                .map
+                .iter()
+                .filter(|(_, p)| p.server_id == msg.server_id)
+                .map(|(seq, _)| *seq)
+                .collect();
+            let text = format!("Server {} disconnected: {}", msg.server_id, msg.reason);
+            for seq in lost {
+                self.fail(ctx, seq, ActionFailure::Failed(text.clone()));
+            }
+        }
+    }
+}
+
+impl Handler<Join> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        let statuses: Vec<ByteString> = self
+            .servers
+            .values()
+            .filter(|s| msg.rights.may_see_server(s.tag.id, &s.tag.name))
+            .map(|s| encode_status(&s.tag, s.status.as_str(), &s.reason))
+            .collect();
+        self.sessions.map.insert(
+            msg.session,
+            SessionEntry {
+                user: msg.user,
+                out: msg.out,
+                close: msg.close,
+                io: msg.io,
+                rights: msg.rights,
+                subscription: None,
+                pending: 0,
+            },
+        );
+        if !statuses.is_empty() && !self.sessions.send(msg.session, statuses.into()) {
+            self.cut_loose(ctx, msg.session);
+        }
+    }
+}
+
+impl Handler<Leave> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _ctx: &mut Context<Self>) {
+        self.sessions.map.remove(&msg.session);
+        self.pending
+            .map
+            .retain(|_, p| p.session() != Some(msg.session));
+    }
+}
+
+impl Handler<Subscribe> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) {
+        if let Some(s) = self.sessions.map.get_mut(&msg.session) {
+            s.subscription = Some(msg.subscription);
+        }
+    }
+}
+
+impl Handler<ClientRequest> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, req: ClientRequest, ctx: &mut Context<Self>) {
+        let Some(rights) = self
+            .sessions
+            .map
+            .get(&req.session)
+            .map(|s| s.rights.clone())
+        else {
+            return;
+        };
+        let visible = |id: &u32, s: &ServerEntry| rights.may_see_server(*id, &s.tag.name);
+        let targets: Vec<u32> = match req.server {
+            Some(id) => match self.servers.get(&id) {
+                Some(s) if !visible(&id, s) => {
+                    Metrics::inc(&self.metrics.actions_refused_total);
+                    log::warn!(
+                        "session {}: refused {} to server {id} (not permitted)",
+                        req.session,
+                        req.action.name()
+                    );
+                    let msg = format!("Server {id} is not permitted for this user");
+                    return self.error_reply(
+                        ctx,
+                        req.session,
+                        None,
+                        req.client_id.as_deref(),
+                        &msg,
+                    );
+                }
+                _ => vec![id],
+            },
+            None => self
+                .servers
+                .iter()
+                .filter(|(id, s)| visible(id, s))
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        if targets.is_empty() {
+            self.error_reply(
+                ctx,
+                req.session,
+                None,
+                req.client_id.as_deref(),
+                "No servers available",
+            );
+        }
+        for id in targets {
+            let pending = Pending::new(
+                ReplyTo::Session(req.session),
+                id,
+                req.client_id.clone(),
+                &req.action,
+                Duration::from_secs(self.limits.action_timeout_s),
+            );
+            if let Err(e) = self.dispatch(ctx, id, req.action.clone(), pending) {
+                let shown = req.client_id.as_deref();
+                let server = self.servers.contains_key(&id).then_some(id);
+                let text = match e {
+                    ActionFailure::UnknownServer(id) => format!("Unknown server {id}"),
+                    other => other.to_string(),
+                };
+                self.error_reply(ctx, req.session, server, shown, &text);
+            }
+        }
+    }
+}
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+        for (_, s) in self.sessions.map.drain() {
+            s.close.do_send(CloseSession {
+                code: 1001,
+                reason: "amihub shutting down".into(),
+            });
+        }
+        let logoffs: Vec<_> = self
+            .servers
+            .values()
+            .map(|s| s.addr.send(PbxShutdown))
+            .collect();
+        Box::pin(async move {
+            futures_util::future::join_all(logoffs).await;
+        })
+    }
+}

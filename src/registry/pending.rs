@@ -1,0 +1,227 @@
+//! Actions in flight: the ActionIDs amihub wrote upstream (`amihub.<n>`), who asked, and how far
+//! each reply has got (response, list items, `…Complete`, an async Originate's result).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::ami::Packet;
+
+/// Prefix of the ActionIDs amihub writes for client actions.
+pub const ID_PREFIX: &str = "amihub.";
+/// How long an async Originate's `OriginateResponse` is awaited after its response.
+const ORIGINATE_WAIT: Duration = Duration::from_secs(120);
+
+/// A complete result for an HTTP caller.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub response: Packet,
+    pub events: Vec<Packet>,
+}
+
+/// Why an HTTP action produced no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionFailure {
+    #[error("unknown server {0}")]
+    UnknownServer(u32),
+    #[error("server {0} is not connected")]
+    NotConnected(u32),
+    #[error("action {0} is not permitted for this user")]
+    Forbidden(String),
+    #[error("timeout waiting for the PBX")]
+    Timeout,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where the reply to an action goes.
+pub enum ReplyTo {
+    Session(u64),
+    Collect {
+        tx: Option<oneshot::Sender<Result<Collected, ActionFailure>>>,
+        response: Option<Packet>,
+        events: Vec<Packet>,
+    },
+}
+
+/// One action in flight.
+pub struct Pending {
+    pub reply: ReplyTo,
+    pub server_id: u32,
+    /// The client's own ActionID, restored on every reply.
+    pub client_id: Option<String>,
+    pub responded: bool,
+    /// The response announced a list: events follow until `…Complete`.
+    pub list: bool,
+    pub async_originate: bool,
+    pub deadline: Instant,
+}
+
+impl Pending {
+    pub fn new(
+        reply: ReplyTo,
+        server_id: u32,
+        client_id: Option<String>,
+        action: &crate::ami::Action,
+        timeout: Duration,
+    ) -> Pending {
+        let async_originate = action.name().eq_ignore_ascii_case("Originate")
+            && action
+                .get("Async")
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "1"));
+        Pending {
+            reply,
+            server_id,
+            client_id,
+            responded: false,
+            list: false,
+            async_originate,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// The id the client sees: its own, or the one amihub generated.
+    pub fn shown_id(&self, seq: u64) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("{ID_PREFIX}{seq}"))
+    }
+
+    pub fn session(&self) -> Option<u64> {
+        match self.reply {
+            ReplyTo::Session(s) => Some(s),
+            ReplyTo::Collect { .. } => None,
+        }
+    }
+
+    /// Feeds a packet carrying this action's id. Returns None if it is not part of the reply
+    /// (an event that merely carries the id, like UserEvent: a broadcast), else whether the
+    /// reply is now complete.
+    pub fn absorb(&mut self, packet: &Packet) -> Option<bool> {
+        let is_response = packet.get("Response").is_some();
+        let event = packet.event().unwrap_or("");
+        let targeted =
+            is_response || self.list || (self.async_originate && event == "OriginateResponse");
+        if !targeted {
+            return None;
+        }
+        if is_response {
+            self.responded = true;
+            let msg = packet.get("Message").unwrap_or("");
+            self.list = packet
+                .get("EventList")
+                .is_some_and(|v| v.eq_ignore_ascii_case("start"))
+                || msg.ends_with("will follow");
+            let success = packet
+                .get("Response")
+                .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
+            if self.async_originate && success {
+                self.deadline = Instant::now() + ORIGINATE_WAIT;
+            }
+            let awaits_more = self.list || (self.async_originate && success);
+            return Some(!awaits_more);
+        }
+        let complete = packet
+            .get("EventList")
+            .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
+            || (self.list && event.ends_with("Complete"))
+            || event == "OriginateResponse";
+        Some(complete)
+    }
+}
+
+/// The table of actions in flight.
+#[derive(Default)]
+pub struct PendingTable {
+    pub map: HashMap<u64, Pending>,
+    next_seq: u64,
+}
+
+impl PendingTable {
+    /// Registers an action; returns its sequence number (the upstream id is `amihub.<seq>`).
+    pub fn insert(&mut self, p: Pending) -> u64 {
+        self.next_seq += 1;
+        self.map.insert(self.next_seq, p);
+        self.next_seq
+    }
+
+    /// The sequence number of an upstream ActionID if it is one of ours and still pending.
+    pub fn lookup(&self, action_id: Option<&str>) -> Option<u64> {
+        let seq = action_id?.strip_prefix(ID_PREFIX)?.parse::<u64>().ok()?;
+        self.map.contains_key(&seq).then_some(seq)
+    }
+
+    pub fn expired(&self, now: Instant) -> Vec<u64> {
+        self.map
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ami::Action;
+
+    fn pending(action: Action) -> Pending {
+        Pending::new(
+            ReplyTo::Session(1),
+            1,
+            Some("c".into()),
+            &action,
+            Duration::from_secs(10),
+        )
+    }
+
+    fn p(h: &[(&str, &str)]) -> Packet {
+        Packet::from_headers(h.iter().copied())
+    }
+
+    #[test]
+    fn plain_response_completes() {
+        let mut x = pending(Action::new("Ping"));
+        assert_eq!(x.absorb(&p(&[("Response", "Success")])), Some(true));
+    }
+
+    #[test]
+    fn list_runs_until_complete() {
+        let mut x = pending(Action::new("QueueStatus"));
+        assert_eq!(
+            x.absorb(&p(&[("Response", "Success"), ("EventList", "start")])),
+            Some(false)
+        );
+        assert_eq!(x.absorb(&p(&[("Event", "QueueParams")])), Some(false));
+        assert_eq!(
+            x.absorb(&p(&[
+                ("Event", "QueueStatusComplete"),
+                ("EventList", "Complete")
+            ])),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn async_originate_waits_for_originate_response() {
+        let mut x = pending(Action::new("Originate").header("Async", "true"));
+        assert_eq!(
+            x.absorb(&p(&[("Event", "UserEvent")])),
+            None,
+            "unrelated event is broadcast"
+        );
+        assert_eq!(x.absorb(&p(&[("Response", "Success")])), Some(false));
+        assert_eq!(x.absorb(&p(&[("Event", "OriginateResponse")])), Some(true));
+    }
+
+    #[test]
+    fn ids_are_ours_only_while_pending() {
+        let mut t = PendingTable::default();
+        let seq = t.insert(pending(Action::new("Ping")));
+        assert_eq!(t.lookup(Some(&format!("amihub.{seq}"))), Some(seq));
+        assert_eq!(t.lookup(Some("amihub.999")), None);
+        assert_eq!(t.lookup(Some("client-1")), None);
+        assert_eq!(t.lookup(None), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! `{"ProxyAction": …}` messages a session handles with amihub itself: ListServers, Subscribe,
+//! and for admins ListSessions, AddServer and DropServer.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use serde_json::{json, Map, Value};
+
+use crate::config::ServerSettings;
+use crate::metrics::Metrics;
+use crate::registry::{AddServer, DropServer, ListServers, ListSessions, Subscribe, Subscription};
+use crate::ws::protocol::encode_reply_value;
+use crate::ws::session::WsSession;
+
+type Ctx = ws::WebsocketContext<WsSession>;
+
+/// A list of strings from a JSON value (a single string counts as one item).
+fn string_list(v: Option<&Value>) -> Result<Option<Vec<String>>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                _ => Err("must be a list of strings".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err("must be a list of strings".into()),
+    }
+}
+
+impl WsSession {
+    fn ok(&self, ctx: &mut Ctx, name: &str, mut data: Map<String, Value>) {
+        data.insert("Response".into(), json!("Success"));
+        data.insert("ProxyAction".into(), json!(name));
+        self.reply(ctx, encode_reply_value(&Value::Object(data)));
+    }
+
+    fn admin_only(&self, ctx: &mut Ctx, name: &str) -> bool {
+        if self.identity.rights.admin {
+            return true;
+        }
+        Metrics::inc(&self.metrics.actions_refused_total);
+        log::warn!(
+            "session {} (user {}): refused ProxyAction {name} (admin only)",
+            self.id,
+            self.identity.name
+        );
+        self.error(
+            ctx,
+            &format!("ProxyAction {name} requires an admin user"),
+            None,
+        );
+        false
+    }
+
+    pub(super) fn on_proxy(&mut self, name: &str, body: Map<String, Value>, ctx: &mut Ctx) {
+        match name {
+            "ListServers" => {
+                let rights = Some(self.identity.rights.clone());
+                self.registry
+                    .send(ListServers { rights })
+                    .into_actor(self)
+                    .map(|res, act, ctx| match res {
+                        Ok(servers) => {
+                            let mut m = Map::new();
+                            m.insert("Servers".into(), json!(servers));
+                            act.ok(ctx, "ListServers", m);
+                        }
+                        Err(_) => act.error(ctx, "registry unavailable", None),
+                    })
+                    .wait(ctx);
+            }
+            "Subscribe" => {
+                let parsed = (|| {
+                    let servers =
+                        string_list(body.get("Servers")).map_err(|e| format!("Servers {e}"))?;
+                    let events =
+                        string_list(body.get("Events")).map_err(|e| format!("Events {e}"))?;
+                    let filters =
+                        string_list(body.get("Filters")).map_err(|e| format!("Filters {e}"))?;
+                    Subscription::new(servers, events, filters.unwrap_or_default())
+                        .map_err(|e| e.to_string())
+                })();
+                match parsed {
+                    Ok(subscription) => {
+                        self.registry.do_send(Subscribe {
+                            session: self.id,
+                            subscription,
+                        });
+                        self.ok(ctx, "Subscribe", Map::new());
+                    }
+                    Err(e) => self.error(ctx, &format!("Subscribe: {e}"), None),
+                }
+            }
+            "ListSessions" if self.admin_only(ctx, name) => {
+                self.registry
+                    .send(ListSessions)
+                    .into_actor(self)
+                    .map(|res, act, ctx| match res {
+                        Ok(sessions) => {
+                            let mut m = Map::new();
+                            m.insert("Sessions".into(), json!(sessions));
+                            act.ok(ctx, "ListSessions", m);
+                        }
+                        Err(_) => act.error(ctx, "registry unavailable", None),
+                    })
+                    .wait(ctx);
+            }
+            "AddServer" if self.admin_only(ctx, name) => {
+                let settings = body
+                    .get("Server")
+                    .cloned()
+                    .ok_or_else(|| "AddServer needs \"Server\": {…}".to_string())
+                    .and_then(|v| {
+                        serde_json::from_value::<ServerSettings>(v).map_err(|e| e.to_string())
+                    })
+                    .and_then(|s| crate::config::validate_server(s).map_err(|e| e.join("; ")));
+                let settings = match settings {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => return self.error(ctx, &format!("AddServer: {e}"), None),
+                };
+                let id = settings.id;
+                self.registry
+                    .send(AddServer { settings })
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(())) => {
+                            let mut m = Map::new();
+                            m.insert("ServerID".into(), json!(id));
+                            act.ok(ctx, "AddServer", m);
+                        }
+                        Ok(Err(e)) => act.error(ctx, &format!("AddServer: {e}"), None),
+                        Err(_) => act.error(ctx, "registry unavailable", None),
+                    })
+                    .wait(ctx);
+            }
+            "DropServer" if self.admin_only(ctx, name) => {
+                let id = match body.get("AMIServerID").or_else(|| body.get("ServerID")) {
+                    Some(Value::Number(n)) => n.as_u64(),
+                    Some(Value::String(s)) => s.parse().ok(),
+                    _ => None,
+                };
+                let Some(id) = id.and_then(|i| u32::try_from(i).ok()) else {
+                    return self.error(ctx, "DropServer needs AMIServerID", None);
+                };
+                self.registry
+                    .send(DropServer { id })
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(())) => {
+                            let mut m = Map::new();
+                            m.insert("ServerID".into(), json!(id));
+                            act.ok(ctx, "DropServer", m);
+                        }
+                        Ok(Err(e)) => act.error(ctx, &format!("DropServer: {e}"), None),
+                        Err(_) => act.error(ctx, "registry unavailable", None),
+                    })
+                    .wait(ctx);
+            }
+            "ListSessions" | "AddServer" | "DropServer" => {}
+            other => self.error(ctx, &format!("Unknown ProxyAction {other:?}"), None),
+        }
+    }
+}
