@@ -36,10 +36,16 @@ pub struct Settings {
     pub servers: Vec<ServerSettings>,
     #[serde(default)]
     pub users: Vec<UserSettings>,
+    /// The file this was loaded from (SIGHUP reloads it).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// Servers added outside the file (the demo simulators); kept across reloads.
+    #[serde(skip)]
+    pub pinned_servers: Vec<ServerSettings>,
 }
 
 /// One user (`[[users]]`): credentials and rights (SPEC §6).
-#[derive(Clone, Deserialize, Default)]
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UserSettings {
     pub name: String,
@@ -228,7 +234,7 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     #[default]
@@ -237,7 +243,7 @@ pub enum AuthMode {
 }
 
 /// One PBX (`[[servers]]`).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Stable id used by clients (`AMIServerID`); defaults to the 1-based position.
@@ -338,7 +344,16 @@ impl Settings {
             message: e.to_string(),
         })?;
         settings.finish()?;
+        settings.source = path.map(Path::to_path_buf);
         Ok(settings)
+    }
+
+    /// Loads the same file again (SIGHUP), keeping pinned servers.
+    pub fn reload(&self) -> Result<Settings, ConfigError> {
+        let mut next = Settings::load(self.source.as_deref())?;
+        next.servers.extend(self.pinned_servers.iter().cloned());
+        next.pinned_servers = self.pinned_servers.clone();
+        Ok(next)
     }
 
     /// Fills derived defaults (ids, names, secret files) and checks every rule, collecting all

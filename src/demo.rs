@@ -20,7 +20,7 @@ pub fn start(settings: &mut Settings) -> std::io::Result<Vec<SimPbx>> {
         };
         let sim = SimPbx::start_in_thread("127.0.0.1:0", cfg)?;
         let id = settings.servers.iter().map(|s| s.id).max().unwrap_or(0) + 1;
-        settings.servers.push(ServerSettings {
+        let server = ServerSettings {
             id,
             name,
             host: sim.addr().ip().to_string(),
@@ -36,7 +36,9 @@ pub fn start(settings: &mut Settings) -> std::io::Result<Vec<SimPbx>> {
             ping_interval_s: 10,
             ping_timeout_s: 5,
             enabled: true,
-        });
+        };
+        settings.servers.push(server.clone());
+        settings.pinned_servers.push(server);
         sims.push(sim);
     }
     Ok(sims)

@@ -21,6 +21,14 @@ struct Cli {
     /// Run with two built-in simulated PBXs (no Asterisk needed) on http://127.0.0.1:8000/.
     #[arg(long)]
     demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print an argon2 hash for `[[users]] password_hash`; reads the password from stdin.
+    HashPassword,
 }
 
 fn init_logging(format: LogFormat) {
@@ -57,6 +65,17 @@ fn raise_fd_limit() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        let password = line.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(!password.is_empty(), "empty password");
+        let hash = amihub::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+        println!("{hash}");
+        return Ok(());
+    }
     if let Some(path) = &cli.check_config {
         return match Settings::load(Some(path)) {
             Ok(s) => {

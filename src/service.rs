@@ -1,18 +1,20 @@
 //! Wires the actors together: registry, one supervised PBX actor per server, the HTTP server;
-//! runs until SIGTERM/SIGINT, then closes sessions with 1001 and logs off every PBX.
+//! runs until SIGTERM/SIGINT (then closes sessions with 1001 and logs off every PBX), and
+//! reloads servers and users on SIGHUP.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::http::listener::{serve, ListenError};
 use crate::http::AppState;
 use crate::metrics::Metrics;
-use crate::registry::{AddServer, Registry, Shutdown};
+use crate::registry::{AddServer, CloseUserSessions, DropServer, Registry, Shutdown};
 
 /// Why the service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +27,24 @@ pub enum ServiceError {
     Io(#[from] std::io::Error),
 }
 
+fn announce_auth(settings: &Settings, auth: &Authenticator) {
+    if !auth.is_open() {
+        log::info!("{} user(s) configured", settings.users.len());
+    } else if settings.http.allow_anonymous_remote {
+        log::warn!("no users configured and http.allow_anonymous_remote = true: ANYONE who can reach this port controls every PBX");
+    } else {
+        log::warn!(
+            "no users configured: only loopback clients are served (add [[users]] to serve others)"
+        );
+    }
+}
+
 /// Runs the service on an already-bound listener until a shutdown signal. Must be called
-/// inside an actix system (e.g. `#[actix_web::main]`).
+/// inside an actix system (e.g. `System::new().block_on`).
 pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<(), ServiceError> {
-    let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::default());
+    let auth = Authenticator::new(&settings).map_err(ServiceError::Auth)?;
+    announce_auth(&settings, &auth);
     let pbx_arbiter = Arbiter::new();
     let registry = Registry::new(
         settings.limits.clone(),
@@ -55,25 +70,32 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
             settings.servers.len()
         );
     }
-    let auth = Arc::new(Authenticator::new(&settings).map_err(ServiceError::Auth)?);
-    if auth.is_open() {
-        if settings.http.allow_anonymous_remote {
-            log::warn!("no users configured and http.allow_anonymous_remote = true: ANYONE who can reach this port controls every PBX");
-        } else {
-            log::warn!("no users configured: only loopback clients are served (add [[users]] to serve others)");
-        }
-    }
     let state = AppState {
-        auth,
         registry: registry.clone(),
-        settings: settings.clone(),
+        settings: Arc::new(settings.clone()),
         metrics,
+        auth: Arc::new(RwLock::new(Arc::new(auth))),
         next_session: Arc::new(AtomicU64::new(1)),
     };
-    let server = serve(state, listener)?;
+    let server = serve(state.clone(), listener)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
-        wait_for_signal().await;
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            log::error!("cannot install signal handlers");
+            return;
+        };
+        let mut current = settings;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => current = reload(current, &state).await,
+            }
+        }
         log::info!("shutdown requested: closing sessions and logging off PBXs");
         let _ = tokio::time::timeout(Duration::from_secs(4), registry.send(Shutdown)).await;
         handle.stop(true).await;
@@ -84,20 +106,74 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+/// SIGHUP: re-reads the config; unchanged servers keep their connection and sessions of
+/// unchanged users stay up. Other sections need a restart.
+async fn reload(current: Settings, state: &AppState) -> Settings {
+    let next = match current.reload() {
+        Ok(next) => next,
+        Err(e) => {
+            log::error!("reload failed, keeping the running configuration: {e}");
+            return current;
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    };
+    let auth = match Authenticator::new(&next) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("reload failed, keeping the running configuration: {e}");
+            return current;
+        }
+    };
+    let registry = &state.registry;
+    let enabled = |s: &Settings| -> Vec<crate::config::ServerSettings> {
+        s.servers.iter().filter(|x| x.enabled).cloned().collect()
+    };
+    let (old, new) = (enabled(&current), enabled(&next));
+    let (mut added, mut dropped, mut kept) = (0, 0, 0);
+    for s in &old {
+        if !new.contains(s) {
+            let _ = registry.send(DropServer { id: s.id }).await;
+            dropped += 1;
+        } else {
+            kept += 1;
         }
     }
+    for s in &new {
+        if !old.contains(s) {
+            match registry
+                .send(AddServer {
+                    settings: Arc::new(s.clone()),
+                })
+                .await
+            {
+                Ok(Ok(())) => added += 1,
+                Ok(Err(e)) => log::error!("reload: server {} ({}): {e}", s.id, s.name),
+                Err(e) => log::error!("reload: {e}"),
+            }
+        }
+    }
+    // Users whose entry changed or went away lose their sessions; anonymous sessions end when
+    // users are configured.
+    let mut gone: Vec<String> = current
+        .users
+        .iter()
+        .filter(|u| !next.users.contains(u))
+        .map(|u| u.name.clone())
+        .collect();
+    if current.users.is_empty() && !next.users.is_empty() {
+        gone.push("anonymous".into());
+    }
+    let closed = registry
+        .send(CloseUserSessions {
+            users: gone,
+            code: 4001,
+            reason: "credentials or rights changed".into(),
+        })
+        .await
+        .unwrap_or(0);
+    announce_auth(&next, &auth);
+    if let Ok(mut a) = state.auth.write() {
+        *a = Arc::new(auth);
+    }
+    log::info!("reloaded: servers +{added} -{dropped} ={kept}; {closed} session(s) of changed users closed");
+    next
 }

@@ -425,7 +425,11 @@ mod tests {
         )))
         .unwrap();
         let who = a
-            .authenticate(&creds(Some("Bearer t0k-0123456789abcdef"), None, "10.0.0.1"))
+            .authenticate(&creds(
+                Some("Bearer t0k-0123456789abcdef"),
+                None,
+                "10.0.0.1",
+            ))
             .unwrap();
         assert_eq!(who.name, "ops");
         assert!(!who.rights.may_send("Originate"));

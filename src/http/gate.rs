@@ -73,7 +73,8 @@ pub async fn gate(
         peer: req.peer_addr().map(|a| a.ip()),
         forwarded_for: forwarded_addresses(forwarded),
     };
-    let result = state.auth.authenticate(&creds);
+    let auth = state.auth();
+    let result = auth.authenticate(&creds);
     let needs_identity = protected(&req);
     match result {
         Ok(identity) => {
@@ -97,7 +98,7 @@ pub async fn gate(
                 }
                 _ => {
                     let mut r = HttpResponse::Unauthorized();
-                    for c in state.auth.challenges() {
+                    for c in auth.challenges() {
                         r.append_header(("WWW-Authenticate", c));
                     }
                     r.json(json!({"error": e.to_string()}))

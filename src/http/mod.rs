@@ -28,8 +28,19 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     pub settings: Arc<Settings>,
     pub metrics: SharedMetrics,
-    pub auth: Arc<Authenticator>,
+    /// Swapped whole on SIGHUP.
+    pub auth: Arc<std::sync::RwLock<Arc<Authenticator>>>,
     pub next_session: Arc<AtomicU64>,
+}
+
+impl AppState {
+    /// The current authenticator.
+    pub fn auth(&self) -> Arc<Authenticator> {
+        match self.auth.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// The raw socket of the connection a request arrived on (set by the listener's on_connect).

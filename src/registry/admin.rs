@@ -43,6 +43,15 @@ pub struct ListServers {
 #[rtype(result = "Vec<SessionInfo>")]
 pub struct ListSessions;
 
+/// Close the sessions of these users (their credentials or rights changed on reload).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseUserSessions {
+    pub users: Vec<String>,
+    pub code: u16,
+    pub reason: String,
+}
+
 /// True once every server has finished its first connection attempt.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -226,6 +235,30 @@ impl Handler<ListSessions> for Registry {
             .collect();
         out.sort_by_key(|s| s.id);
         MessageResult(out)
+    }
+}
+
+impl Handler<CloseUserSessions> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseUserSessions, _ctx: &mut Context<Self>) -> usize {
+        let ids: Vec<u64> = self
+            .sessions
+            .map
+            .iter()
+            .filter(|(_, s)| msg.users.contains(&s.user))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(s) = self.sessions.map.remove(id) {
+                self.pending.map.retain(|_, p| p.session() != Some(*id));
+                s.close.do_send(crate::ws::session::CloseSession {
+                    code: msg.code,
+                    reason: msg.reason.clone(),
+                });
+            }
+        }
+        ids.len()
     }
 }
 

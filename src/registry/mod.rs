@@ -26,8 +26,8 @@ use crate::ws::outbound::SessionIo;
 use crate::ws::protocol::{encode_packet, encode_prompt, encode_reply, encode_status, ServerTag};
 use crate::ws::session::{CloseSession, Deliver};
 pub use admin::{
-    AddServer, DropServer, HttpAction, ListServers, ListSessions, Readiness, ServerInfo,
-    SessionInfo,
+    AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
+    ServerInfo, SessionInfo,
 };
 use fanout::{Outgoing, SessionEntry, Sessions};
 pub use pending::{ActionFailure, Collected};

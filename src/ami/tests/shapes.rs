@@ -80,7 +80,11 @@ fn empty_value() {
     let p = one_packet("Event: Newchannel\r\nAccountCode: \r\nLanguage:\r\nTab:\t x \r\n\r\n");
     assert_eq!(p.get("AccountCode"), Some(""));
     assert_eq!(p.get("Language"), Some(""));
-    assert_eq!(p.get("Tab"), Some("\t x "), "only the one separator space goes");
+    assert_eq!(
+        p.get("Tab"),
+        Some("\t x "),
+        "only the one separator space goes"
+    );
     let p = one_packet("Event: X\r\nOutput:   col1   col2\r\n\r\n");
     assert_eq!(p.get("Output"), Some("  col1   col2"), "alignment survives");
 }
