@@ -16,6 +16,7 @@ use bytes::{Buf, BytesMut};
 use memchr::memmem::Finder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::hist::Hist;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub cuts_logged: Arc<AtomicU64>,
     /// Stalled clients in the scenario (they resume once this many cuts are logged).
     pub stalled: u64,
+    /// Cancelled once `target` is set, to wake busy clients that already have everything.
+    pub target_set: CancellationToken,
     /// Ends every client loop (the scenario's deadline or its end).
     pub stop: CancellationToken,
 }
@@ -50,6 +53,7 @@ impl Shared {
             flood_over: AtomicBool::new(false),
             cuts_logged,
             stalled,
+            target_set: CancellationToken::new(),
             stop: CancellationToken::new(),
         }
     }
@@ -120,13 +124,6 @@ impl Report {
             Ending::Closed(..) | Ending::Eof | Ending::Error(_)
         )
     }
-
-    pub fn close_code(&self) -> Option<u16> {
-        match self.ending {
-            Ending::Closed(code, _) => Some(code),
-            _ => None,
-        }
-    }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -135,7 +132,14 @@ const BUSY_READ: usize = 64 * 1024;
 const IDLE_READ: usize = 2 * 1024;
 
 /// Connects, joins, then plays `role` until stopped; never panics.
-pub async fn run(addr: SocketAddr, role: Role, rcvbuf: u32, shared: Arc<Shared>) -> Report {
+/// `permit` (a slot of the connect gate) is released once joined or failed.
+pub async fn run(
+    addr: SocketAddr,
+    role: Role,
+    rcvbuf: u32,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) -> Report {
     let mut report = Report::new(role);
     let conn = tokio::select! {
         _ = shared.stop.cancelled() => return report,
@@ -170,12 +174,12 @@ pub async fn run(addr: SocketAddr, role: Role, rcvbuf: u32, shared: Arc<Shared>)
     }
     report.joined = true;
     shared.joined.fetch_add(1, Relaxed);
+    drop(permit);
 
     if role == Role::Stalled {
         // Read nothing until the flood is over or every stalled client has been cut.
         loop {
-            if shared.flood_over.load(Relaxed)
-                || shared.cuts_logged.load(Relaxed) >= shared.stalled
+            if shared.flood_over.load(Relaxed) || shared.cuts_logged.load(Relaxed) >= shared.stalled
             {
                 break;
             }
@@ -348,7 +352,19 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
             self.buf.reserve(self.read_size);
         }
-        match self.stream.read_buf(&mut self.buf).await {
+        let read = if r.role == Role::Busy && !shared.target_set.is_cancelled() {
+            tokio::select! {
+                res = self.stream.read_buf(&mut self.buf) => Some(res),
+                _ = shared.target_set.cancelled() => None,
+            }
+        } else {
+            Some(self.stream.read_buf(&mut self.buf).await)
+        };
+        let Some(read) = read else {
+            // The final Seq is known now: check it against what this client has.
+            return None;
+        };
+        match read {
             Ok(0) => Some(Ending::Eof),
             Ok(n) => {
                 if r.role == Role::Stalled && r.joined {
