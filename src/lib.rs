@@ -8,6 +8,7 @@
 //! - [`registry`]: server_id -> PBX actor, sessions, ActionID routing, fan-out of shared frames.
 //! - [`ws`]: WebSocket session actors; `ws::protocol` is the only module that knows the JSON envelope.
 //! - [`http`]: routes, static files, TLS listener; no business logic.
+//! - [`state`]: live calls, queues and endpoints per PBX, rebuilt after every login; pure.
 //! - [`sim`]: the simulated PBX behind `--demo`, reused by tests and the load tool.
 //! - [`service`]: wires the actors together and runs until a shutdown signal.
 //!
@@ -26,6 +27,7 @@ pub mod pbx;
 pub mod registry;
 pub mod service;
 pub mod sim;
+pub mod state;
 pub mod ws;
 
 pub use service::run;

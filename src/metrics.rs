@@ -25,6 +25,47 @@ pub struct Metrics {
     pub ws_refused_sessions_total: AtomicU64,
     pub actions_refused_total: AtomicU64,
     pub auth_failures_total: AtomicU64,
+    /// Round trip of routed actions, from writing upstream to the final reply.
+    pub action_duration: Histogram,
+}
+
+/// Upper bounds (seconds) of the action round-trip histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A fixed-bucket Prometheus histogram over atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP amihub_{name} {help}");
+        let _ = writeln!(out, "# TYPE amihub_{name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(out, "amihub_{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "amihub_{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "amihub_{name}_sum {sum}");
+        let _ = writeln!(out, "amihub_{name}_count {count}");
+    }
 }
 
 /// A cheap handle to the process metrics.
@@ -157,6 +198,11 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE amihub_{name} {kind}");
             let _ = writeln!(out, "amihub_{name} {}", value.load(Relaxed));
         }
+        self.action_duration.render(
+            &mut out,
+            "action_duration_seconds",
+            "Round trip of actions routed to a PBX, until their final reply.",
+        );
         out
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::auth::Identity;
 use crate::metrics::Metrics;
-use crate::registry::{ActionFailure, HttpAction, ListServers, Readiness};
+use crate::registry::{ActionFailure, HttpAction, ListServers, Readiness, ServerState};
 use crate::ws::protocol::{packet_value, parse_client, ClientMessage};
 
 /// Upper bound for `?timeout_s=` on an HTTP action.
@@ -124,6 +124,33 @@ fn failure(f: ActionFailure) -> HttpResponse {
         ActionFailure::Failed(_) => S::BAD_GATEWAY,
     };
     error(status, &f.to_string())
+}
+
+/// `GET /api/v1/servers/{id}/state`: the live calls, queues and endpoints of one server.
+pub async fn server_state(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
+    let Some(who) = identity(&req) else {
+        return error(S::UNAUTHORIZED, "authentication required");
+    };
+    let Ok(server) = path.parse::<u32>() else {
+        return error(S::NOT_FOUND, &format!("unknown server {path}"));
+    };
+    match state
+        .registry
+        .send(ServerState {
+            server,
+            rights: who.rights,
+        })
+        .await
+    {
+        Ok(Ok(v)) => HttpResponse::Ok().json(v),
+        Ok(Err(f)) => failure(f),
+        Err(_) => error(S::SERVICE_UNAVAILABLE, "registry unavailable"),
+    }
 }
 
 pub async fn livez() -> HttpResponse {

@@ -72,6 +72,10 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/api/v1/servers/{id}/actions",
                 web::post().to(api::post_action),
             )
+            .route(
+                "/api/v1/servers/{id}/state",
+                web::get().to(api::server_state),
+            )
             .route("/livez", web::get().to(api::livez))
             .route("/readyz", web::get().to(api::readyz))
             .route("/metrics", web::get().to(api::metrics))

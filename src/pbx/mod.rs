@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod connect;
+mod state_sync;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +24,11 @@ use crate::ami::{Action, AmiDecoder, Frame, Limits, Packet};
 use crate::config::{AuthMode, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
+use crate::state::PbxState;
 use crate::ws::protocol::{encode_packet, ServerTag};
 use backoff::Backoff;
 pub use connect::PbxError;
+pub use state_sync::GetState;
 
 /// Actions queued towards one PBX before `SendAction` is refused.
 const WRITE_QUEUE: usize = 1024;
@@ -98,6 +101,11 @@ pub struct PbxConn {
     ping_seq: u64,
     ping_outstanding: Option<u64>,
     goodbye: Option<oneshot::Sender<()>>,
+    /// Live calls, queues and endpoints, rebuilt after every login.
+    state: PbxState,
+    state_version: u64,
+    /// Snapshot actions still answering.
+    snapshot_open: Vec<String>,
 }
 
 impl PbxConn {
@@ -131,6 +139,9 @@ impl PbxConn {
             ping_seq: 0,
             ping_outstanding: None,
             goodbye: None,
+            state: PbxState::new(),
+            state_version: 0,
+            snapshot_open: Vec::new(),
         }
     }
 
@@ -160,6 +171,7 @@ impl PbxConn {
             status,
             reason: reason.to_string(),
             banner,
+            state_version: None,
         });
     }
 
@@ -270,6 +282,7 @@ impl PbxConn {
             status: ServerStatus::Connecting,
             reason: "logging in".into(),
             banner: Some(banner),
+            state_version: None,
         });
         if self.settings.auth == AuthMode::Md5 {
             self.phase = Phase::Challenge;
@@ -301,6 +314,7 @@ impl PbxConn {
         Metrics::inc(&self.metrics.pbx_connects_total);
         Metrics::inc(&self.metrics.pbx_connected);
         self.status(ServerStatus::Connected, "", None);
+        self.start_snapshot(ctx);
         let every = Duration::from_secs(self.settings.ping_interval_s);
         ctx.run_interval(every, |act, ctx| act.ping(ctx));
     }
@@ -350,7 +364,7 @@ impl PbxConn {
                 }
                 None
             }
-            Phase::Connected => Some(p),
+            Phase::Connected => self.track_state(p),
             _ => None,
         }
     }

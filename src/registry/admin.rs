@@ -52,6 +52,14 @@ pub struct CloseUserSessions {
     pub reason: String,
 }
 
+/// The live state of one server (if `rights` may see it).
+#[derive(Message)]
+#[rtype(result = "Result<serde_json::Value, ActionFailure>")]
+pub struct ServerState {
+    pub server: u32,
+    pub rights: Arc<Rights>,
+}
+
 /// True once every server has finished its first connection attempt.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -259,6 +267,31 @@ impl Handler<CloseUserSessions> for Registry {
             }
         }
         ids.len()
+    }
+}
+
+impl Handler<ServerState> for Registry {
+    type Result = ResponseFuture<Result<serde_json::Value, ActionFailure>>;
+
+    fn handle(&mut self, msg: ServerState, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(server) = self.servers.get(&msg.server) else {
+            return Box::pin(async move { Err(ActionFailure::UnknownServer(msg.server)) });
+        };
+        if !msg.rights.may_see_server(server.tag.id, &server.tag.name) {
+            return Box::pin(async move {
+                Err(ActionFailure::Forbidden(format!("server {}", msg.server)))
+            });
+        }
+        let status = server.status.as_str();
+        let addr = server.addr.clone();
+        Box::pin(async move {
+            let mut v = addr
+                .send(crate::pbx::GetState)
+                .await
+                .map_err(|e| ActionFailure::Failed(e.to_string()))?;
+            v["status"] = serde_json::json!(status);
+            Ok(v)
+        })
     }
 }
 

@@ -23,11 +23,13 @@ use crate::config::{LimitSettings, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::pbx::{PbxConn, SendAction, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::outbound::SessionIo;
-use crate::ws::protocol::{encode_packet, encode_prompt, encode_reply, encode_status, ServerTag};
+use crate::ws::protocol::{
+    encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, ServerTag,
+};
 use crate::ws::session::{CloseSession, Deliver};
 pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
-    ServerInfo, SessionInfo,
+    ServerInfo, ServerState, SessionInfo,
 };
 use fanout::{Outgoing, SessionEntry, Sessions};
 pub use pending::{ActionFailure, Collected};
@@ -59,6 +61,8 @@ pub struct PbxStatusChanged {
     pub status: ServerStatus,
     pub reason: String,
     pub banner: Option<String>,
+    /// Set when the server's live state has just been rebuilt.
+    pub state_version: Option<u64>,
 }
 
 /// A WebSocket session joins: it receives current statuses, then what it may see.
@@ -201,6 +205,7 @@ impl Registry {
     /// Removes a pending action, releasing its slot in the session's count.
     fn finish(&mut self, seq: u64) -> Option<Pending> {
         let p = self.pending.map.remove(&seq)?;
+        self.metrics.action_duration.observe(p.started.elapsed());
         if let Some(s) = p.session().and_then(|s| self.sessions.map.get_mut(&s)) {
             s.pending = s.pending.saturating_sub(1);
         }
@@ -412,17 +417,25 @@ impl Handler<PbxStatusChanged> for Registry {
         if msg.status != ServerStatus::Connecting {
             server.settled = true;
         }
-        if server.status == msg.status && server.reason == msg.reason {
+        if server.status == msg.status && server.reason == msg.reason && msg.state_version.is_none()
+        {
             return;
         }
         let was_connected = server.status == ServerStatus::Connected;
+        if server.status != msg.status {
+            server.since = SystemTime::now();
+            if msg.status == ServerStatus::Connected {
+                server.connects += 1;
+            }
+        }
         server.status = msg.status;
         server.reason = msg.reason.clone();
-        server.since = SystemTime::now();
-        if msg.status == ServerStatus::Connected {
-            server.connects += 1;
-        }
-        let frame = encode_status(&tag, msg.status.as_str(), &msg.reason);
+        let version = msg.state_version.map(|v| v.to_string());
+        let extra: Vec<(&str, &str)> = version
+            .iter()
+            .map(|v| ("StateVersion", v.as_str()))
+            .collect();
+        let frame = encode_status_with(&tag, msg.status.as_str(), &msg.reason, &extra);
         self.broadcast(
             ctx,
             msg.server_id,

@@ -56,6 +56,7 @@ pub struct Pending {
     pub list: bool,
     pub async_originate: bool,
     pub deadline: Instant,
+    pub started: Instant,
 }
 
 impl Pending {
@@ -78,6 +79,7 @@ impl Pending {
             list: false,
             async_originate,
             deadline: Instant::now() + timeout,
+            started: Instant::now(),
         }
     }
 

@@ -137,11 +137,19 @@ pub fn encode_prompt(tag: &ServerTag, banner: &str) -> ByteString {
 
 /// Type 7: a server's connection status changed.
 pub fn encode_status(tag: &ServerTag, status: &str, reason: &str) -> ByteString {
-    encode_fields(
-        MsgType::Status,
-        Some(tag),
-        &[("Status", status), ("Reason", reason)],
-    )
+    encode_status_with(tag, status, reason, &[])
+}
+
+/// Type 7 with extra fields (e.g. `StateVersion` once the state was rebuilt).
+pub fn encode_status_with(
+    tag: &ServerTag,
+    status: &str,
+    reason: &str,
+    extra: &[(&str, &str)],
+) -> ByteString {
+    let mut fields = vec![("Status", status), ("Reason", reason)];
+    fields.extend_from_slice(extra);
+    encode_fields(MsgType::Status, Some(tag), &fields)
 }
 
 /// Type 8: amihub's own reply to one session (errors, ProxyAction results).

@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value};
 
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
-use crate::registry::{AddServer, DropServer, ListServers, ListSessions, Subscribe, Subscription};
+use crate::registry::{
+    AddServer, DropServer, ListServers, ListSessions, ServerState, Subscribe, Subscription,
+};
 use crate::ws::protocol::encode_reply_value;
 use crate::ws::session::WsSession;
 
@@ -71,6 +73,33 @@ impl WsSession {
                             m.insert("Servers".into(), json!(servers));
                             act.ok(ctx, "ListServers", m);
                         }
+                        Err(_) => act.error(ctx, "registry unavailable", None),
+                    })
+                    .wait(ctx);
+            }
+            "Snapshot" => {
+                let id = match body.get("AMIServerID") {
+                    Some(Value::Number(n)) => n.as_u64(),
+                    Some(Value::String(s)) => s.parse().ok(),
+                    _ => None,
+                };
+                let Some(server) = id.and_then(|i| u32::try_from(i).ok()) else {
+                    return self.error(ctx, "Snapshot needs AMIServerID", None);
+                };
+                let rights = self.identity.rights.clone();
+                self.registry
+                    .send(ServerState { server, rights })
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(v)) => {
+                            let mut m = Map::new();
+                            m.insert("ServerID".into(), json!(server));
+                            m.insert("StateVersion".into(), v["state_version"].clone());
+                            m.insert("Complete".into(), v["complete"].clone());
+                            m.insert("State".into(), v["state"].clone());
+                            act.ok(ctx, "Snapshot", m);
+                        }
+                        Ok(Err(e)) => act.error(ctx, &format!("Snapshot: {e}"), None),
                         Err(_) => act.error(ctx, "registry unavailable", None),
                     })
                     .wait(ctx);

@@ -1,0 +1,179 @@
+//! The live state of one PBX: channels, bridges, queues (members and waiting callers), endpoints
+//! and device states, fed one AMI packet at a time and rendered as the dashboard's JSON.
+//!
+//! After every (re)login the caller forgets everything ([`PbxState::reset`]), sends
+//! [`snapshot_actions`] and feeds every packet to [`PbxState::apply`]: the list items of those
+//! answers and the live events build the same model. Layout: `channels` (channels and bridges),
+//! `queues` (queues, members, callers), `devices` (endpoints and device states).
+//!
+//! Invariants: this module is pure — no actix, sockets or clocks; time comes in as `now_ms`
+//! (milliseconds since the Unix epoch). Every map is capped, so a misbehaving PBX cannot grow it
+//! without bound; inserts past a cap are ignored, updates of known entries still apply.
+
+mod channels;
+mod devices;
+mod queues;
+
+#[cfg(test)]
+mod tests;
+
+use serde_json::{json, Value};
+
+use crate::ami::{Action, Packet};
+
+/// Most channels held: far above any single Asterisk's practical load.
+pub const MAX_CHANNELS: usize = 100_000;
+/// Most bridges held; a bridge has at least one channel, so this matches the channel cap.
+pub const MAX_BRIDGES: usize = 100_000;
+/// Most queues held.
+pub const MAX_QUEUES: usize = 10_000;
+/// Most queue members held, over all queues.
+pub const MAX_MEMBERS: usize = 10_000;
+/// Most waiting callers held, over all queues (each is a channel).
+pub const MAX_CALLERS: usize = 100_000;
+/// Most endpoints (PJSIP endpoints, SIP/IAX2 peers) held.
+pub const MAX_ENDPOINTS: usize = 10_000;
+/// Most device states held (endpoints plus `Local/…`, `Queue:…` and custom devices).
+pub const MAX_DEVICES: usize = 10_000;
+
+/// The state model of one PBX. Cheap to create; `Default` is empty.
+#[derive(Debug, Clone, Default)]
+pub struct PbxState {
+    calls: channels::Calls,
+    queues: queues::Queues,
+    devices: devices::Devices,
+}
+
+impl PbxState {
+    pub fn new() -> Self {
+        PbxState::default()
+    }
+
+    /// Forget everything (before a rebuild after a reconnect).
+    pub fn reset(&mut self) {
+        *self = PbxState::default();
+    }
+
+    /// Feeds one packet: a live event or a snapshot list item (CoreShowChannel, BridgeListItem,
+    /// QueueParams, QueueMember, QueueEntry, DeviceStateChange, EndpointList, PeerEntry, ...).
+    /// Responses and unrelated events cost one look at the first header and one match on the
+    /// event name. Returns true if the state changed.
+    pub fn apply(&mut self, p: &Packet, now_ms: u64) -> bool {
+        // Asterisk always writes `Event` first; anything else is a response or not an event.
+        let event = match p.headers().next() {
+            Some((name, value)) if name.eq_ignore_ascii_case("Event") => value,
+            _ => return false,
+        };
+        let (c, q, d) = (&mut self.calls, &mut self.queues, &mut self.devices);
+        match event {
+            "Newchannel" => c.new_channel(p, now_ms),
+            "CoreShowChannel" => c.listed_channel(p, now_ms),
+            "Newstate" | "NewCallerid" | "NewConnectedLine" => c.update_channel(p, false),
+            "Newexten" => c.update_channel(p, true),
+            "Rename" => c.rename(p),
+            "Hangup" => c.hangup(p),
+            "BridgeCreate" | "BridgeListItem" => c.bridge_seen(p, now_ms),
+            "BridgeEnter" => c.bridge_enter(p, now_ms),
+            "BridgeLeave" => c.bridge_leave(p),
+            "BridgeDestroy" => c.bridge_destroy(p),
+            "BridgeMerge" => c.bridge_merge(p, now_ms),
+            "QueueParams" => q.params(p),
+            "QueueMember" | "QueueMemberAdded" | "QueueMemberStatus" | "QueueMemberPause"
+            | "QueueMemberPaused" => q.member(p),
+            "QueueMemberRemoved" => q.member_removed(p),
+            "QueueEntry" => q.entry(p, now_ms),
+            "QueueCallerJoin" | "Join" => q.caller_join(p, now_ms),
+            "QueueCallerLeave" | "Leave" => q.caller_leave(p, false),
+            "QueueCallerAbandon" => q.caller_leave(p, true),
+            "AgentCalled" | "AgentConnect" | "AgentComplete" | "AgentRingNoAnswer" => {
+                q.agent(event, p)
+            }
+            "DeviceStateChange" => d.device_state(p),
+            "EndpointList" => d.endpoint_list(p),
+            "PeerEntry" => d.peer_entry(p),
+            "PeerStatus" => d.peer_status(p),
+            "ContactStatus" => d.contact_status(p),
+            _ => false,
+        }
+    }
+
+    /// The whole state as JSON; durations and waits are computed against `now_ms`.
+    pub fn snapshot(&self, now_ms: u64) -> Value {
+        json!({
+            "channels": self.calls.channels_json(now_ms),
+            "bridges": self.calls.bridges_json(now_ms),
+            "queues": self.queues.to_json(now_ms),
+            "endpoints": self.devices.endpoints_json(),
+            "device_states": self.devices.states_json(),
+        })
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.calls.channel_count()
+    }
+
+    pub fn bridge_count(&self) -> usize {
+        self.calls.bridge_count()
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.queue_count()
+    }
+
+    /// Total entries held (channels, bridges, queues, members, callers, endpoints, device
+    /// states), for bounding memory.
+    pub fn len(&self) -> usize {
+        self.calls.len() + self.queues.len() + self.devices.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The actions that rebuild the state after a login, in order (ActionIDs are set by the caller):
+/// CoreShowChannels, BridgeList, QueueStatus, DeviceStateList, PJSIPShowEndpoints, SIPpeers.
+/// (A PBX without chan_sip answers SIPpeers with an error — harmless.)
+pub fn snapshot_actions() -> Vec<Action> {
+    [
+        "CoreShowChannels",
+        "BridgeList",
+        "QueueStatus",
+        "DeviceStateList",
+        "PJSIPShowEndpoints",
+        "SIPpeers",
+    ]
+    .into_iter()
+    .map(Action::new)
+    .collect()
+}
+
+/// Copies `value` into `dst` when present and different; true if it did.
+fn set(dst: &mut String, value: Option<&str>) -> bool {
+    match value {
+        Some(v) if dst != v => {
+            v.clone_into(dst);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Sets `dst` to `value`; true if it differed.
+fn set_val<T: PartialEq>(dst: &mut T, value: T) -> bool {
+    if *dst == value {
+        false
+    } else {
+        *dst = value;
+        true
+    }
+}
+
+/// Asterisk's `ast_true` for flags such as `Paused` and `InCall`.
+fn is_true(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "yes" | "true" | "y" | "t" | "on"
+    )
+}
