@@ -1,4 +1,13 @@
-// app.js — the live page: connection status, servers, event log and a small action form.
+// app.js — the dashboard: connection status, servers with their status, the selected server's
+// active calls, queues and endpoints (kept live from a snapshot plus live events), the event log
+// and the action form.
+//
+// State: per server, `ProxyAction: Snapshot` over the WebSocket loads the state (in the same
+// stream as the events, so nothing between the snapshot and the next event is lost), and every
+// live event is then applied to the client copy (state.js). A snapshot is asked for when the
+// page connects, when amihub says `state ready` after a (re)login, and after a hiccup of the
+// page's own WebSocket. While a server is down, or the page itself is disconnected, its state is
+// marked stale ("continuity lost") until a fresh snapshot replaces it.
 //
 // Every piece of text that came from the network is put into the page with `textContent`,
 // `new Option()` or `setAttribute`, never parsed as HTML.
@@ -6,6 +15,15 @@
 import {
   MessageType, connect, firstValue, headerValues, pageToken, wsUrl,
 } from './protocol.js';
+import {
+  applyEvent, emptyState, endpointList, groupCalls, stateCounts, stateFromSnapshot,
+} from './state.js';
+import {
+  clockTime, duration, el, pad, reconcile, shortTime, tickAll,
+} from './dom.js';
+import {
+  buildCallRow, buildEndpoint, buildQueue, callSignature, endpointSignature, queueSignature,
+} from './views.js';
 
 /** Event rows kept in the DOM; older ones are removed as new ones arrive. */
 const LOG_DOM_MAX = 500;
@@ -17,9 +35,15 @@ const REPLY_MAX = 100;
 const PENDING_ACTIONS_MAX = 100;
 /** Characters of the one-line key=value summary of an event row. */
 const SUMMARY_MAX_CHARS = 300;
-/** Headers left out of the summary: the name is already shown, Privilege is noise. */
-const SUMMARY_SKIP = new Set(['Event', 'Privilege']);
+/** Headers left out of the summary: the name and time are already shown, Privilege is noise. */
+const SUMMARY_SKIP = new Set(['Event', 'Privilege', 'Timestamp']);
 const KNOWN_STATUSES = new Set(['Connecting', 'Connected', 'Disconnected', 'AuthFailed']);
+/** A snapshot not answered within this long is given up (and asked again on the next cue). */
+const SNAPSHOT_TIMEOUT_MS = 10000;
+/** A server Connected without `state ready` this long gets a snapshot anyway (older hubs). */
+const STATE_READY_GRACE_MS = 5000;
+/** State panels are redrawn at most this often while events stream in. */
+const RENDER_DELAY_MS = 50;
 
 const token = pageToken();
 const byId = (id) => document.getElementById(id);
@@ -28,8 +52,20 @@ const ui = {
   conn: byId('conn'),
   connStatus: byId('conn-status'),
   reconnectNow: byId('reconnect-now'),
+  totals: byId('totals'),
   serversMessage: byId('servers-message'),
   serverList: byId('server-list'),
+  calls: byId('calls'),
+  callsCount: byId('calls-count'),
+  callsEmpty: byId('calls-empty'),
+  queues: byId('queues'),
+  queuesCount: byId('queues-count'),
+  queuesEmpty: byId('queues-empty'),
+  endpoints: byId('endpoints'),
+  endpointsCount: byId('endpoints-count'),
+  endpointsEmpty: byId('endpoints-empty'),
+  detailServer: document.querySelectorAll('[data-role="detail-server"]'),
+  detailStale: document.querySelectorAll('[data-role="detail-stale"]'),
   filter: byId('filter'),
   logServer: byId('log-server'),
   pause: byId('pause'),
@@ -44,44 +80,30 @@ const ui = {
   replyClear: byId('reply-clear'),
 };
 
-/**
- * Creates an element. `attrs` are set with setAttribute, except `text` (textContent) and
- * `class`; children are nodes or strings (appended as text).
- */
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null) continue;
-    if (name === 'text') node.textContent = value;
-    else if (name === 'class') node.className = value;
-    else node.setAttribute(name, String(value));
-  }
-  node.append(...children);
-  return node;
-}
+const sessionTag = Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => pad(b.toString(16))).join('');
+let idCounter = 0;
+const nextId = (kind) => {
+  idCounter += 1;
+  return `${kind}-${sessionTag}-${idCounter}`;
+};
 
-const pad = (n, width = 2) => String(n).padStart(width, '0');
-
-function clockTime(date) {
-  return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}.${pad(date.getMilliseconds(), 3)}`;
-}
-
-function duration(ms) {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  if (s < 60) return `${s}s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m ${s % 60}s`;
-  const h = Math.floor(m / 60);
-  if (h < 24) return `${h}h ${m % 60}m`;
-  return `${Math.floor(h / 24)}d ${h % 24}h`;
+function authHeaders() {
+  const headers = { Accept: 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Servers
 // ---------------------------------------------------------------------------------------------
 
-/** id -> {id, name, host, port, status, reason, sinceAt, connects, liveAt, row, parts} */
+/**
+ * id -> {id, name, host, port, ssl, status, shown, reason, banner, sinceAt, connects, liveAt,
+ *        row, parts, state, stateLoaded, stateVersion, stale, staleSince, staleWhy, stateNote,
+ *        snap: {inFlight, again, timer, graceTimer}}
+ */
 const servers = new Map();
+let selectedId = null;
 
 /** Display name of a server; replies from amihub itself carry no (or a zero) server id. */
 function serverName(id, fallback) {
@@ -95,12 +117,49 @@ function upsertServer(id) {
   let server = servers.get(id);
   if (!server) {
     server = {
-      id, name: `#${id}`, host: '', port: null, status: 'Connecting', reason: '',
-      sinceAt: Date.now(), connects: null, liveAt: 0, row: null, parts: null,
+      id, name: `#${id}`, host: '', port: null, ssl: false, status: 'Connecting', shown: 'Connecting',
+      reason: '', banner: '', sinceAt: Date.now(), connects: null, liveAt: 0, row: null, parts: null,
+      state: emptyState(), stateLoaded: false, stateVersion: null, stale: false, staleSince: 0,
+      staleWhy: '', stateNote: '', snap: { inFlight: null, again: false, timer: null, graceTimer: null },
     };
     servers.set(id, server);
   }
   return server;
+}
+
+/** Status as shown: a retry of a server that is down still reads "Disconnected" (no flapping). */
+function shownStatus(server, status) {
+  if (status === 'Connecting' && (server.shown === 'Disconnected' || server.shown === 'AuthFailed')) return server.shown;
+  return status;
+}
+
+function setStatus(server, status, reason) {
+  const before = server.status;
+  server.status = status;
+  server.shown = shownStatus(server, status);
+  server.reason = reason;
+  if (status !== 'Connected') {
+    markStale(server, reason ? `${status}: ${reason}` : status);
+    clearTimeout(server.snap.graceTimer);
+    server.snap.graceTimer = null;
+  } else if (before !== 'Connected' || server.stale || !server.stateLoaded) {
+    // Logged in; amihub rebuilds its state and says `state ready`. An older hub never does.
+    clearTimeout(server.snap.graceTimer);
+    server.snap.graceTimer = setTimeout(() => {
+      server.snap.graceTimer = null;
+      if (server.status === 'Connected' && (server.stale || !server.stateLoaded)) requestSnapshot(server);
+    }, STATE_READY_GRACE_MS);
+  }
+}
+
+/** The state we hold may be out of date from now on. */
+function markStale(server, why) {
+  const hasState = server.stateLoaded || server.state.channels.size > 0 || server.state.queues.size > 0;
+  if (!hasState) return;
+  if (!server.stale) server.staleSince = Date.now();
+  server.stale = true;
+  server.staleWhy = why;
+  scheduleRender();
 }
 
 /** Applies `GET /api/v1/servers`; a type-7 update newer than the request wins over it. */
@@ -113,13 +172,16 @@ function applyServerList(list, requestedAt) {
     if (typeof item.name === 'string' && item.name) server.name = item.name;
     if (typeof item.host === 'string') server.host = item.host;
     if (Number.isInteger(item.port)) server.port = item.port;
+    if (typeof item.ssl === 'boolean') server.ssl = item.ssl;
+    if (typeof item.banner === 'string') server.banner = item.banner;
     if (Number.isInteger(item.connects)) server.connects = item.connects;
-    if (server.liveAt <= requestedAt) {
-      if (typeof item.status === 'string') server.status = item.status;
-      server.reason = typeof item.reason === 'string' ? item.reason : '';
+    // The list is older than a status pushed since it was asked for, unless they agree.
+    const current = server.liveAt <= requestedAt || item.status === server.status;
+    if (current) {
+      if (typeof item.status === 'string') setStatus(server, item.status, typeof item.reason === 'string' ? item.reason : server.reason);
       if (typeof item.since_ms === 'number' && Number.isFinite(item.since_ms)) {
         // Either a wall-clock time (epoch ms) or how long the server has been in this status.
-        server.sinceAt = item.since_ms > 1e12 ? item.since_ms : Date.now() - item.since_ms;
+        server.sinceAt = item.since_ms > 1e12 ? Math.min(item.since_ms, Date.now()) : Date.now() - item.since_ms;
       }
     }
   }
@@ -129,58 +191,107 @@ function applyServerList(list, requestedAt) {
       servers.delete(id);
     }
   }
+  if (selectedId === null || !servers.has(selectedId)) selectServer(firstServerId(), false);
+  // Anything connected whose state we lack or no longer trust: ask now.
+  for (const server of servers.values()) {
+    if (server.status === 'Connected' && (!server.stateLoaded || server.stale)) requestSnapshot(server);
+  }
   renderServers();
+  scheduleRender();
+}
+
+function firstServerId() {
+  const fromHash = /(?:^|[#&])server=(\d+)/.exec(window.location.hash);
+  if (fromHash && servers.has(Number(fromHash[1]))) return Number(fromHash[1]);
+  const ids = [...servers.keys()].sort((a, b) => a - b);
+  return ids.length ? ids[0] : null;
+}
+
+function selectServer(id, updateHash = true) {
+  selectedId = id;
+  if (updateHash && id !== null) {
+    history.replaceState(null, '', `${window.location.pathname}${window.location.search}#server=${id}`);
+  }
+  for (const server of servers.values()) {
+    if (server.row) server.row.classList.toggle('selected', server.id === id);
+    if (server.parts) server.parts.select.setAttribute('aria-pressed', String(server.id === id));
+  }
+  renderDetails();
 }
 
 function applyServerStatus(envelope) {
   if (envelope.serverId === null) return;
   const server = upsertServer(envelope.serverId);
   if (envelope.serverName) server.name = envelope.serverName;
+  if (typeof envelope.raw.ssl === 'boolean') server.ssl = envelope.raw.ssl;
   const status = firstValue(envelope.data.Status);
+  const reason = firstValue(envelope.data.Reason);
   if (status && status !== server.status) {
     server.sinceAt = Date.now();
     if (status === 'Connected' && server.connects !== null) server.connects += 1;
   }
-  if (status) server.status = status;
-  server.reason = firstValue(envelope.data.Reason);
+  if (status) setStatus(server, status, reason);
   server.liveAt = performance.now();
+  if (status === 'Connected' && reason === 'state ready') requestSnapshot(server);
+  if (selectedId === null) selectServer(firstServerId(), false);
   renderServers();
 }
 
 function buildServerRow(server) {
   const parts = {
-    name: el('span', { class: 'server-name' }),
+    select: el('button', { type: 'button', class: 'server-select', 'aria-pressed': 'false' }),
+    name: el('span', { class: 'server-name', 'data-testid': 'server-name' }),
     addr: el('span', { class: 'server-addr muted' }),
     status: el('span', { class: 'badge', 'data-testid': 'server-status' }),
+    stale: el('span', { class: 'badge tone-stale', 'data-testid': 'state-stale', hidden: '' }),
     reason: el('span', { class: 'server-reason' }),
     since: el('span', { class: 'server-since muted' }),
     connects: el('span', { class: 'server-connects muted' }),
+    counts: el('span', { class: 'server-counts', 'data-testid': 'server-counts' }),
   };
-  const row = el('li', { class: 'server-row', 'data-testid': 'server-row', 'data-server-id': server.id },
-    el('div', { class: 'server-line' }, parts.name, parts.addr, parts.status),
-    el('div', { class: 'server-line server-meta' }, parts.since, parts.connects, parts.reason));
+  parts.select.append(
+    el('span', { class: 'server-line' }, parts.name, parts.status, parts.stale),
+    el('span', { class: 'server-line server-meta' }, parts.addr, parts.since, parts.connects),
+    el('span', { class: 'server-line server-meta' }, parts.counts, parts.reason),
+  );
+  parts.select.addEventListener('click', () => selectServer(server.id));
+  const row = el('li', { class: 'server-row', 'data-testid': 'server-row', 'data-server-id': server.id }, parts.select);
   server.row = row;
   server.parts = parts;
+  row.classList.toggle('selected', server.id === selectedId);
+  parts.select.setAttribute('aria-pressed', String(server.id === selectedId));
 }
 
 function renderServer(server) {
   if (!server.row) buildServerRow(server);
   const { parts } = server;
-  const statusClass = KNOWN_STATUSES.has(server.status) ? server.status.toLowerCase() : 'unknown';
+  const shown = server.shown;
+  const statusClass = KNOWN_STATUSES.has(shown) ? shown.toLowerCase() : 'unknown';
   server.row.dataset.status = server.status;
   parts.name.textContent = server.name;
-  parts.addr.textContent = server.host ? `${server.host}${server.port ? `:${server.port}` : ''}` : '';
-  parts.status.textContent = server.status;
+  parts.addr.textContent = server.host ? `${server.ssl ? 'tls://' : ''}${server.host}${server.port ? `:${server.port}` : ''}` : '';
+  parts.addr.title = server.banner;
+  parts.status.textContent = shown;
   parts.status.className = `badge status-${statusClass}`;
   parts.status.dataset.status = server.status;
-  parts.reason.textContent = server.reason;
-  parts.reason.hidden = !server.reason;
+  parts.stale.hidden = !server.stale;
+  parts.stale.textContent = 'continuity lost';
+  parts.stale.title = server.stale
+    ? `Since ${shortTime(new Date(server.staleSince))} (${server.staleWhy}): calls and queues shown are the last known state`
+    : '';
+  let reason = server.reason;
+  if (shown !== server.status) reason = reason ? `${reason} · retrying` : 'retrying…';
+  if (server.status === 'Connected' && reason === 'state ready') reason = '';
+  parts.reason.textContent = reason;
+  parts.reason.hidden = !reason;
   parts.connects.textContent = server.connects === null ? '' : `${server.connects} connect${server.connects === 1 ? '' : 's'}`;
+  const counts = stateCounts(server.state);
+  parts.counts.textContent = `${counts.calls} call${counts.calls === 1 ? '' : 's'} · ${counts.waiting} waiting`;
   renderSince(server);
 }
 
 function renderSince(server) {
-  server.parts.since.textContent = `for ${duration(Date.now() - server.sinceAt)}`;
+  server.parts.since.textContent = `${server.shown === 'Connected' ? 'up' : 'for'} ${duration(Date.now() - server.sinceAt)}`;
 }
 
 function renderServers() {
@@ -191,6 +302,24 @@ function renderServers() {
   }
   fillServerSelect(ui.logServer, sorted);
   fillServerSelect(ui.actionServer, sorted);
+  renderTotals();
+}
+
+function renderTotals() {
+  let calls = 0;
+  let waiting = 0;
+  let up = 0;
+  for (const server of servers.values()) {
+    const counts = stateCounts(server.state);
+    calls += counts.calls;
+    waiting += counts.waiting;
+    if (server.status === 'Connected') up += 1;
+  }
+  ui.totals.textContent = servers.size
+    ? `${up}/${servers.size} PBX up · ${calls} call${calls === 1 ? '' : 's'} · ${waiting} waiting`
+    : '';
+  const down = servers.size - up;
+  document.title = `${down > 0 ? `⚠ ${down} down · ` : ''}${calls} call${calls === 1 ? '' : 's'} · amihub`;
 }
 
 function showServersMessage(text, kind = 'info') {
@@ -201,6 +330,9 @@ function showServersMessage(text, kind = 'info') {
 
 function fillServerSelect(select, sorted) {
   const current = select.value;
+  const wanted = ['', ...sorted.map((s) => `${s.id}:${s.name}`)].join('|');
+  if (select.dataset.options === wanted) return; // unchanged: keep the open dropdown alone
+  select.dataset.options = wanted;
   const options = [new Option('All servers', '')];
   for (const server of sorted) options.push(new Option(`${server.name} (#${server.id})`, String(server.id)));
   select.replaceChildren(...options);
@@ -209,11 +341,19 @@ function fillServerSelect(select, sorted) {
 
 async function loadServers() {
   const requestedAt = performance.now();
-  const headers = { Accept: 'application/json' };
-  if (token) headers.Authorization = `Bearer ${token}`;
   try {
-    const response = await fetch(new URL('api/v1/servers', document.baseURI), { headers, cache: 'no-store' });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const response = await fetch(new URL('api/v1/servers', document.baseURI), {
+      headers: authHeaders(),
+      cache: 'no-store',
+      // With a token, only the token: no cached Basic credentials, no login prompt.
+      credentials: token ? 'omit' : 'same-origin',
+    });
+    if (!response.ok) {
+      let hint = '';
+      if (response.status === 401) hint = token ? ': the token was refused' : ': sign in, or open this page with ?token=…';
+      else if (response.status === 403) hint = ': not allowed from here';
+      throw new Error(`HTTP ${response.status}${hint}`);
+    }
     const body = await response.json();
     const list = Array.isArray(body && body.servers) ? body.servers : [];
     ui.serversMessage.hidden = true;
@@ -222,6 +362,150 @@ async function loadServers() {
   } catch (err) {
     showServersMessage(`Could not load servers: ${err.message}`, 'error');
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server state: snapshots and live events
+// ---------------------------------------------------------------------------------------------
+
+/** Snapshot requests in the order sent: {id, serverId}. amihub answers them in order. */
+const pendingSnapshots = [];
+
+function requestSnapshot(server) {
+  if (connState.state !== 'live') return;
+  if (server.snap.inFlight) {
+    server.snap.again = true;
+    return;
+  }
+  const id = nextId('snap');
+  if (!client.send(JSON.stringify({ ProxyAction: 'Snapshot', AMIServerID: server.id, ActionID: id }))) return;
+  server.snap.inFlight = id;
+  server.snap.again = false;
+  pendingSnapshots.push({ id, serverId: server.id });
+  clearTimeout(server.snap.timer);
+  server.snap.timer = setTimeout(() => {
+    dropPendingSnapshot(id);
+    if (server.snap.inFlight !== id) return;
+    server.snap.inFlight = null;
+    server.stateNote = 'The state snapshot timed out; it is asked for again when the server reports ready.';
+    scheduleRender();
+  }, SNAPSHOT_TIMEOUT_MS);
+}
+
+function dropPendingSnapshot(id) {
+  const i = pendingSnapshots.findIndex((p) => p.id === id);
+  if (i >= 0) pendingSnapshots.splice(i, 1);
+}
+
+function snapshotDone(server, id) {
+  if (server.snap.inFlight !== id && id !== null) return false;
+  clearTimeout(server.snap.timer);
+  server.snap.inFlight = null;
+  if (server.snap.again) requestSnapshot(server);
+  return true;
+}
+
+/** A type-8 reply that answers one of our snapshot requests; true if it was one. */
+function handleSnapshotReply(envelope) {
+  const { data } = envelope;
+  const proxy = firstValue(data.ProxyAction);
+  const response = firstValue(data.Response);
+  const actionId = firstValue(data.ActionID);
+  if (proxy === 'Snapshot' && response === 'Success') {
+    const serverId = Number(firstValue(data.ServerID) || (envelope.serverId ?? NaN));
+    const pending = pendingSnapshots.find((p) => p.id === actionId) || pendingSnapshots.find((p) => p.serverId === serverId);
+    if (pending) dropPendingSnapshot(pending.id);
+    const server = servers.get(serverId);
+    if (!server) return Boolean(pending);
+    snapshotDone(server, pending ? pending.id : null);
+    server.state = stateFromSnapshot(data.State, Date.now());
+    server.stateLoaded = true;
+    server.stateVersion = data.StateVersion ?? null;
+    server.stale = false;
+    server.staleWhy = '';
+    server.stateNote = data.Complete === false ? 'amihub is still rebuilding this server\'s state.' : '';
+    renderServer(server);
+    renderTotals();
+    scheduleRender();
+    return true;
+  }
+  if (response.toLowerCase() !== 'error' || pendingSnapshots.length === 0) return false;
+  const message = firstValue(data.Message);
+  let pending = pendingSnapshots.find((p) => p.id === actionId);
+  if (!pending && /snapshot|proxyaction/i.test(message)) [pending] = pendingSnapshots;
+  if (!pending) return false;
+  dropPendingSnapshot(pending.id);
+  const server = servers.get(pending.serverId);
+  if (server) {
+    snapshotDone(server, pending.id);
+    server.stateNote = `No state from amihub: ${message || 'error'}. Showing only what happened since the page opened.`;
+    scheduleRender();
+  }
+  return true;
+}
+
+function applyLiveEvent(envelope) {
+  if (envelope.serverId === null) return;
+  const server = servers.get(envelope.serverId);
+  if (!server) return;
+  // List items answering someone's action (ActionID set) are not live changes.
+  if (envelope.data.ActionID !== undefined && envelope.data.Event !== 'OriginateResponse') return;
+  if (applyEvent(server.state, envelope.data, Date.now())) scheduleRender(server);
+}
+
+let renderTimer = null;
+const dirtyServers = new Set();
+
+function scheduleRender(server = null) {
+  if (server) dirtyServers.add(server);
+  if (renderTimer !== null) return;
+  renderTimer = setTimeout(() => {
+    renderTimer = null;
+    for (const s of dirtyServers) if (s.row) renderServer(s);
+    dirtyServers.clear();
+    renderTotals();
+    renderDetails();
+  }, RENDER_DELAY_MS);
+}
+
+function renderDetails() {
+  const server = selectedId === null ? null : servers.get(selectedId);
+  for (const node of ui.detailServer) node.textContent = server ? server.name : '';
+  let note = '';
+  if (server) {
+    if (server.stale) {
+      note = `Continuity lost at ${shortTime(new Date(server.staleSince))} (${server.staleWhy}) — showing the last known state, which may be out of date.`;
+    } else if (server.stateNote) {
+      note = server.stateNote;
+    } else if (!server.stateLoaded) {
+      note = server.status === 'Connected' ? 'Loading state…' : `No state yet: the server is ${server.shown}.`;
+    }
+  }
+  for (const node of ui.detailStale) {
+    node.textContent = note;
+    node.hidden = !note;
+    node.classList.toggle('is-stale', Boolean(server && server.stale));
+  }
+  document.body.classList.toggle('detail-stale', Boolean(server && server.stale));
+  const state = server ? server.state : emptyState();
+
+  const calls = groupCalls(state);
+  reconcile(ui.calls, calls, (c) => c.key, callSignature, buildCallRow);
+  ui.callsCount.textContent = String(calls.length);
+  ui.callsEmpty.hidden = calls.length > 0;
+
+  const queues = [...state.queues.values()].sort((a, b) => a.name.localeCompare(b.name));
+  reconcile(ui.queues, queues, (q) => q.name, queueSignature, buildQueue);
+  let waiting = 0;
+  for (const q of queues) waiting += q.callers.size;
+  ui.queuesCount.textContent = queues.length ? `${queues.length} · ${waiting} waiting` : '0';
+  ui.queuesEmpty.hidden = queues.length > 0;
+
+  const endpoints = endpointList(state);
+  reconcile(ui.endpoints, endpoints, (e) => e.name, endpointSignature, buildEndpoint);
+  const busy = endpoints.filter((e) => e.deviceState && e.deviceState !== 'NOT_INUSE').length;
+  ui.endpointsCount.textContent = endpoints.length ? `${busy}/${endpoints.length} busy` : '0';
+  ui.endpointsEmpty.hidden = endpoints.length > 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,8 +676,6 @@ function setPaused(paused) {
 // Actions and replies
 // ---------------------------------------------------------------------------------------------
 
-const sessionTag = Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => pad(b.toString(16))).join('');
-let actionCounter = 0;
 const pendingActionIds = new Set();
 
 function rememberActionId(id) {
@@ -408,7 +690,11 @@ function replyBody(data) {
   const lines = [];
   for (const [key, value] of Object.entries(data)) {
     if (key === 'Output') continue;
-    for (const v of headerValues(value)) lines.push(`${key}: ${v}`);
+    if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      lines.push(`${key}: ${JSON.stringify(value)}`);
+      continue;
+    }
+    for (const v of headerValues(value)) lines.push(`${key}: ${typeof v === 'object' ? JSON.stringify(v) : v}`);
   }
   if ('Output' in data) {
     if (lines.length > 0) lines.push('');
@@ -417,12 +703,14 @@ function replyBody(data) {
   return lines.join('\n');
 }
 
-function addReply({ kind, label, server, body, time = new Date() }) {
-  const item = el('div', { class: `reply reply-${kind}`, 'data-testid': 'reply-item', 'data-kind': kind },
-    el('div', { class: 'reply-meta' },
-      el('time', { class: 'ev-time', datetime: time.toISOString(), text: clockTime(time) }),
-      el('span', { class: 'ev-server', text: server }),
-      el('span', { class: 'reply-label', text: label })));
+function addReply({ kind, label, server, body, actionId = '', time = new Date() }) {
+  const item = el('div', {
+    class: `reply reply-${kind}`, 'data-testid': 'reply-item', 'data-kind': kind, 'data-action-id': actionId || undefined,
+  },
+  el('div', { class: 'reply-meta' },
+    el('time', { class: 'ev-time', datetime: time.toISOString(), text: clockTime(time) }),
+    el('span', { class: 'ev-server', text: server }),
+    el('span', { class: 'reply-label', text: label })));
   if (body) item.append(el('pre', { class: 'reply-body', text: body }));
   ui.reply.prepend(item);
   while (ui.reply.childElementCount > REPLY_MAX) ui.reply.lastElementChild.remove();
@@ -442,6 +730,7 @@ function addEnvelopeReply(envelope) {
     label,
     server: serverName(envelope.serverId, envelope.serverName),
     body: replyBody(data),
+    actionId: firstValue(data.ActionID),
   });
 }
 
@@ -463,9 +752,8 @@ function sendAction() {
   }
   const serverId = ui.actionServer.value;
   if (serverId !== '') action.AMIServerID = Number(serverId);
-  if ('Action' in action && action.ActionID === undefined) {
-    actionCounter += 1;
-    action.ActionID = `web-${sessionTag}-${actionCounter}`;
+  if (('Action' in action || 'ProxyAction' in action) && action.ActionID === undefined) {
+    action.ActionID = nextId('web');
   }
   if (!client.send(JSON.stringify(action))) {
     localNote('Not connected to amihub; nothing was sent.', 'error');
@@ -502,9 +790,12 @@ function renderConnState() {
 
 function onEnvelope(envelope) {
   switch (envelope.type) {
+    case MessageType.HUB_REPLY:
+      if (handleSnapshotReply(envelope)) return;
+      addEnvelopeReply(envelope);
+      return;
     case MessageType.RESPONSE:
     case MessageType.COMMAND_OUTPUT:
-    case MessageType.HUB_REPLY:
       addEnvelopeReply(envelope);
       return;
     case MessageType.SERVER_STATUS:
@@ -512,6 +803,7 @@ function onEnvelope(envelope) {
       break;
     case MessageType.EVENT:
       if (pendingActionIds.has(firstValue(envelope.data.ActionID))) addEnvelopeReply(envelope);
+      applyLiveEvent(envelope);
       break;
     default:
       break;
@@ -525,7 +817,18 @@ const client = connect(wsUrl(), {
     const wasLive = connState.state === 'live';
     connState = state;
     renderConnState();
-    // Statuses may have changed while we were away; the list is the source of truth on (re)connect.
+    if (wasLive && state.state !== 'live') {
+      // Events are being missed from now on: everything we hold is only the last known state.
+      pendingSnapshots.length = 0;
+      for (const server of servers.values()) {
+        clearTimeout(server.snap.timer);
+        server.snap.inFlight = null;
+        markStale(server, 'page disconnected from amihub');
+      }
+      for (const server of servers.values()) if (server.row) renderServer(server);
+    }
+    // Statuses may have changed while we were away; the list is the source of truth on (re)connect,
+    // and applying it asks for a fresh snapshot of every connected server.
     if (state.state === 'live' && !wasLive) loadServers();
   },
 });
@@ -572,12 +875,18 @@ ui.replyClear.addEventListener('click', () => ui.reply.replaceChildren());
 
 ui.reconnectNow.addEventListener('click', () => client.reconnectNow());
 window.addEventListener('online', () => client.reconnectNow());
+window.addEventListener('hashchange', () => {
+  const id = firstServerId();
+  if (id !== null && id !== selectedId) selectServer(id, false);
+});
 
 setInterval(() => {
   if (connState.state === 'reconnecting') renderConnState();
   for (const server of servers.values()) if (server.parts) renderSince(server);
+  tickAll();
 }, 1000);
 
 renderConnState();
 renderLogCount();
+renderDetails();
 loadServers();
