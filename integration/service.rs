@@ -319,7 +319,7 @@ async fn over_long_header_line_is_skipped_and_the_stream_goes_on() {
     c.wait_for("Connected", |v| is_status(v, 1, "Connected"))
         .await;
     let mut raw = b"Event: Huge\r\nData: ".to_vec();
-    raw.extend(std::iter::repeat(b'x').take(70 * 1024));
+    raw.extend(std::iter::repeat_n(b'x', 70 * 1024));
     raw.extend_from_slice(b"\r\n\r\nEvent: AfterHuge\r\nSeq: 1\r\n\r\n");
     pbx.inject_raw(&raw);
     let v = c

@@ -54,8 +54,10 @@ pub async fn post_action(
         Ok(t) => t,
         Err(_) => return error(S::BAD_REQUEST, "body must be UTF-8 JSON"),
     };
-    let action = match parse_client(text) {
-        Ok(ClientMessage::Action { action, .. }) => action,
+    let (action, client_id) = match parse_client(text) {
+        Ok(ClientMessage::Action {
+            action, client_id, ..
+        }) => (action, client_id),
         Ok(ClientMessage::Proxy { .. }) => {
             return error(S::BAD_REQUEST, "ProxyAction is WebSocket only")
         }
@@ -95,6 +97,7 @@ pub async fn post_action(
     let msg = HttpAction {
         server,
         action,
+        client_id,
         rights: who.rights.clone(),
         timeout,
     };
@@ -106,8 +109,12 @@ pub async fn post_action(
     match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
         Ok(Ok(Ok(result))) => HttpResponse::Ok().json(json!({
             "server_id": server,
-            "response": packet_value(&result.response),
-            "events": result.events.iter().map(packet_value).collect::<Vec<Value>>(),
+            "response": packet_value(&result.response, Some(&result.action_id)),
+            "events": result
+                .events
+                .iter()
+                .map(|e| packet_value(e, Some(&result.action_id)))
+                .collect::<Vec<Value>>(),
         })),
         Ok(Ok(Err(f))) => failure(f),
         Ok(Err(_)) | Err(_) => failure(ActionFailure::Timeout),

@@ -373,6 +373,10 @@ impl PbxConn {
 impl Actor for PbxConn {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.connection_ended();
+    }
+
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.shutting_down {
             self.phase = Phase::Idle;
@@ -397,8 +401,12 @@ impl Actor for PbxConn {
     }
 }
 
-impl Supervised for PbxConn {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+/// Every stop ends a connection: `stopped` runs both before a supervised restart and when the
+/// actor is finally dropped (DropServer, shutdown), so the accounting lives there.
+impl Supervised for PbxConn {}
+
+impl PbxConn {
+    fn connection_ended(&mut self) {
         let was_connected = self.phase == Phase::Connected;
         let stayed_up = self
             .connected_at
@@ -508,20 +516,22 @@ impl Handler<SendAction> for PbxConn {
 }
 
 impl Handler<Shutdown> for PbxConn {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
         self.shutting_down = true;
         if self.phase != Phase::Connected {
             ctx.stop();
-            return Box::pin(async {});
+            return Box::pin(actix::fut::ready(()));
         }
         let (tx, rx) = oneshot::channel();
         self.goodbye = Some(tx);
         self.reason = "amihub shutting down".into();
         self.write(ctx, Action::new("Logoff").header("ActionID", LOGOFF_ID));
-        Box::pin(async move {
+        // Goodbye or not, the connection ends here: a PBX that ignores Logoff is not kept.
+        let wait = async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
-        })
+        };
+        Box::pin(wait.into_actor(self).map(|_, _, ctx| ctx.stop()))
     }
 }

@@ -71,6 +71,7 @@ pub struct Readiness;
 pub struct HttpAction {
     pub server: u32,
     pub action: Action,
+    pub client_id: Option<String>,
     pub rights: Arc<Rights>,
     pub timeout: Duration,
 }
@@ -321,7 +322,7 @@ impl Handler<HttpAction> for Registry {
             response: None,
             events: Vec::new(),
         };
-        let pending = Pending::new(reply, msg.server, None, &msg.action, msg.timeout);
+        let pending = Pending::new(reply, msg.server, msg.client_id, &msg.action, msg.timeout);
         self.dispatch(ctx, msg.server, msg.action, pending)?;
         Ok(rx)
     }

@@ -273,6 +273,7 @@ impl Registry {
                     let result = Collected {
                         response: response.take().unwrap_or_default(),
                         events: std::mem::take(events),
+                        action_id: shown.clone(),
                     };
                     self.finish(seq);
                     if let Some(tx) = tx {

@@ -18,6 +18,8 @@ const ORIGINATE_WAIT: Duration = Duration::from_secs(120);
 pub struct Collected {
     pub response: Packet,
     pub events: Vec<Packet>,
+    /// The caller's ActionID (or the generated one) to show in the result.
+    pub action_id: String,
 }
 
 /// Why an HTTP action produced no result.

@@ -121,10 +121,10 @@ pub fn encode_packet(tag: &ServerTag, p: &Packet, action_id: Option<&str>) -> By
     ByteString::from(out)
 }
 
-/// The `data` object of a packet as a JSON value (HTTP results).
-pub fn packet_value(p: &Packet) -> Value {
+/// The `data` object of a packet as a JSON value (HTTP results), ActionID restored as given.
+pub fn packet_value(p: &Packet, action_id: Option<&str>) -> Value {
     let tag = ServerTag::new(0, "", false);
-    serde_json::from_str::<Value>(&encode_packet(&tag, p, None))
+    serde_json::from_str::<Value>(&encode_packet(&tag, p, action_id))
         .ok()
         .and_then(|mut v| v.get_mut("data").map(Value::take))
         .unwrap_or(Value::Null)

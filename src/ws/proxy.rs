@@ -38,6 +38,9 @@ fn string_list(v: Option<&Value>) -> Result<Option<Vec<String>>, String> {
 impl WsSession {
     fn ok(&self, ctx: &mut Ctx, name: &str, mut data: Map<String, Value>) {
         data.insert("Response".into(), json!("Success"));
+        if let Some(id) = &self.proxy_id {
+            data.insert("ActionID".into(), json!(id));
+        }
         data.insert("ProxyAction".into(), json!(name));
         self.reply(ctx, encode_reply_value(&Value::Object(data)));
     }
@@ -60,7 +63,18 @@ impl WsSession {
         false
     }
 
+    /// An error reply carrying the ProxyAction's own ActionID.
+    fn fail(&self, ctx: &mut Ctx, message: &str) {
+        self.error(ctx, message, self.proxy_id.as_deref());
+    }
+
     pub(super) fn on_proxy(&mut self, name: &str, body: Map<String, Value>, ctx: &mut Ctx) {
+        // Replies below run while the session waits (`.wait`), so this id stays theirs.
+        self.proxy_id = match body.get("ActionID") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
         match name {
             "ListServers" => {
                 let rights = Some(self.identity.rights.clone());
@@ -73,7 +87,7 @@ impl WsSession {
                             m.insert("Servers".into(), json!(servers));
                             act.ok(ctx, "ListServers", m);
                         }
-                        Err(_) => act.error(ctx, "registry unavailable", None),
+                        Err(_) => act.fail(ctx, "registry unavailable"),
                     })
                     .wait(ctx);
             }
@@ -84,7 +98,7 @@ impl WsSession {
                     _ => None,
                 };
                 let Some(server) = id.and_then(|i| u32::try_from(i).ok()) else {
-                    return self.error(ctx, "Snapshot needs AMIServerID", None);
+                    return self.fail(ctx, "Snapshot needs AMIServerID");
                 };
                 let rights = self.identity.rights.clone();
                 self.registry
@@ -99,8 +113,8 @@ impl WsSession {
                             m.insert("State".into(), v["state"].clone());
                             act.ok(ctx, "Snapshot", m);
                         }
-                        Ok(Err(e)) => act.error(ctx, &format!("Snapshot: {e}"), None),
-                        Err(_) => act.error(ctx, "registry unavailable", None),
+                        Ok(Err(e)) => act.fail(ctx, &format!("Snapshot: {e}")),
+                        Err(_) => act.fail(ctx, "registry unavailable"),
                     })
                     .wait(ctx);
             }
@@ -123,7 +137,7 @@ impl WsSession {
                         });
                         self.ok(ctx, "Subscribe", Map::new());
                     }
-                    Err(e) => self.error(ctx, &format!("Subscribe: {e}"), None),
+                    Err(e) => self.fail(ctx, &format!("Subscribe: {e}")),
                 }
             }
             "ListSessions" if self.admin_only(ctx, name) => {
@@ -136,7 +150,7 @@ impl WsSession {
                             m.insert("Sessions".into(), json!(sessions));
                             act.ok(ctx, "ListSessions", m);
                         }
-                        Err(_) => act.error(ctx, "registry unavailable", None),
+                        Err(_) => act.fail(ctx, "registry unavailable"),
                     })
                     .wait(ctx);
             }
@@ -151,7 +165,7 @@ impl WsSession {
                     .and_then(|s| crate::config::validate_server(s).map_err(|e| e.join("; ")));
                 let settings = match settings {
                     Ok(s) => Arc::new(s),
-                    Err(e) => return self.error(ctx, &format!("AddServer: {e}"), None),
+                    Err(e) => return self.fail(ctx, &format!("AddServer: {e}")),
                 };
                 let id = settings.id;
                 self.registry
@@ -163,8 +177,8 @@ impl WsSession {
                             m.insert("ServerID".into(), json!(id));
                             act.ok(ctx, "AddServer", m);
                         }
-                        Ok(Err(e)) => act.error(ctx, &format!("AddServer: {e}"), None),
-                        Err(_) => act.error(ctx, "registry unavailable", None),
+                        Ok(Err(e)) => act.fail(ctx, &format!("AddServer: {e}")),
+                        Err(_) => act.fail(ctx, "registry unavailable"),
                     })
                     .wait(ctx);
             }
@@ -175,7 +189,7 @@ impl WsSession {
                     _ => None,
                 };
                 let Some(id) = id.and_then(|i| u32::try_from(i).ok()) else {
-                    return self.error(ctx, "DropServer needs AMIServerID", None);
+                    return self.fail(ctx, "DropServer needs AMIServerID");
                 };
                 self.registry
                     .send(DropServer { id })
@@ -186,13 +200,13 @@ impl WsSession {
                             m.insert("ServerID".into(), json!(id));
                             act.ok(ctx, "DropServer", m);
                         }
-                        Ok(Err(e)) => act.error(ctx, &format!("DropServer: {e}"), None),
-                        Err(_) => act.error(ctx, "registry unavailable", None),
+                        Ok(Err(e)) => act.fail(ctx, &format!("DropServer: {e}")),
+                        Err(_) => act.fail(ctx, "registry unavailable"),
                     })
                     .wait(ctx);
             }
             "ListSessions" | "AddServer" | "DropServer" => {}
-            other => self.error(ctx, &format!("Unknown ProxyAction {other:?}"), None),
+            other => self.fail(ctx, &format!("Unknown ProxyAction {other:?}")),
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct WsSession {
     limits: LimitSettings,
     pub(super) metrics: SharedMetrics,
     last_heard: Instant,
+    /// The ActionID of the ProxyAction being answered.
+    pub(super) proxy_id: Option<String>,
     bucket: TokenBucket,
 }
 
@@ -91,6 +93,7 @@ impl WsSession {
             limits,
             metrics,
             last_heard: Instant::now(),
+            proxy_id: None,
         }
     }
 

@@ -24,12 +24,12 @@ const PATIENCE: Duration = Duration::from_secs(5);
 const LIVE: Duration = Duration::from_secs(3);
 /// Comparisons made, each after a further moment of traffic.
 const ROUNDS: usize = 3;
-/// The list actions asked again for each comparison, with their Complete events.
+/// The list actions asked again for each comparison, with the part of the model each lists.
 const CHECKS: [(&str, &str); 4] = [
-    ("CoreShowChannels", "CoreShowChannelsComplete"),
-    ("BridgeList", "BridgeListComplete"),
-    ("QueueStatus", "QueueStatusComplete"),
-    ("DeviceStateList", "DeviceStateListComplete"),
+    ("CoreShowChannels", "channels"),
+    ("BridgeList", "bridges"),
+    ("QueueStatus", "queues"),
+    ("DeviceStateList", "device_states"),
 ];
 
 struct Conn {
@@ -115,15 +115,41 @@ fn essentials(snap: &Value) -> Value {
         "device_states": snap["device_states"]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_model_agrees_with_fresh_list_answers() {
-    let cfg = SimConfig {
-        demo_traffic: true,
-        demo_interval_ms: 100,
-        ..SimConfig::default()
-    };
-    let pbx = SimPbx::start("127.0.0.1:0", cfg).await.expect("simulator");
-    let mut c = Conn::connect(&pbx).await;
+/// The live model and what it went through.
+#[derive(Default)]
+struct Live {
+    state: PbxState,
+    max_channels: usize,
+    max_callers: u64,
+    changes: usize,
+}
+
+impl Live {
+    fn feed(&mut self, p: &Packet) {
+        if self.state.apply(p, now_ms()) {
+            self.changes += 1;
+        }
+        self.max_channels = self.max_channels.max(self.state.channel_count());
+        let snap = self.state.snapshot(0);
+        let callers = list(&snap, "queues")
+            .iter()
+            .map(|q| q["calls"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+        self.max_callers = self.max_callers.max(callers);
+    }
+
+    /// Feeds live traffic for `how_long`.
+    async fn follow(&mut self, c: &mut Conn, how_long: Duration) {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            let p = c.packet().await;
+            self.feed(&p);
+        }
+    }
+}
+
+/// Logs in with events on, then sends the snapshot actions.
+async fn login_and_ask_snapshot(c: &mut Conn) {
     c.write("Action: Login\r\nActionID: login\r\nUsername: admin\r\nSecret: amp111\r\n\r\n")
         .await;
     loop {
@@ -133,79 +159,78 @@ async fn live_model_agrees_with_fresh_list_answers() {
             break;
         }
     }
-    // Rebuild as after a login, then follow the live events.
-    let mut live = PbxState::new();
     for (i, action) in snapshot_actions().into_iter().enumerate() {
         c.send(&action.header("ActionID", format!("snap-{i}")))
             .await;
     }
-    let (mut max_channels, mut max_callers, mut changes) = (0, 0, 0);
-    let mut live_for = |live: &mut PbxState, p: &Packet| {
-        if live.apply(p, now_ms()) {
-            changes += 1;
-        }
-        max_channels = max_channels.max(live.channel_count());
-        let snap = live.snapshot(0);
-        let callers = list(&snap, "queues")
-            .iter()
-            .map(|q| q["calls"].as_u64().unwrap_or(0))
-            .sum::<u64>();
-        max_callers = max_callers.max(callers);
-    };
-    let until = Instant::now() + LIVE;
-    while Instant::now() < until {
-        let p = c.packet().await;
-        live_for(&mut live, &p);
+}
+
+/// Asks the [`CHECKS`] again and compares each answer with the live model as it stood at the
+/// answer's first packet; live events around the answers keep feeding the live model.
+async fn check(c: &mut Conn, live: &mut Live, round: &str) {
+    for (action, _) in CHECKS {
+        let id = format!("check-{round}-{action}");
+        c.send(&Action::new(action).header("ActionID", id)).await;
     }
-    for round in 0..ROUNDS {
-        for (action, _) in CHECKS {
-            let id = format!("check-{round}-{action}");
-            c.send(&Action::new(action).header("ActionID", id)).await;
-        }
-        // Per answer: the live snapshot at its first packet, and a fresh model of its items.
-        let mut at_start: HashMap<String, Value> = HashMap::new();
-        let mut fresh: HashMap<String, PbxState> = HashMap::new();
-        let mut done = 0;
-        while done < CHECKS.len() {
-            let p = c.packet().await;
-            let Some(id) = p.action_id().filter(|a| a.starts_with("check-")) else {
-                live_for(&mut live, &p);
-                continue;
-            };
-            if p.get("Response").is_some() {
-                assert_eq!(p.get("EventList"), Some("start"), "{p:?}");
-                at_start.insert(id.to_owned(), live.snapshot(0));
-                continue;
-            }
-            if p.event().is_some_and(|e| e.ends_with("Complete")) {
-                done += 1;
-                continue;
-            }
+    let mut at_start: HashMap<String, Value> = HashMap::new();
+    let mut fresh: HashMap<String, PbxState> = HashMap::new();
+    let mut done = 0;
+    while done < CHECKS.len() {
+        let p = c.packet().await;
+        let Some(id) = p.action_id().filter(|a| a.starts_with("check-")) else {
+            live.feed(&p);
+            continue;
+        };
+        if p.get("Response").is_some() {
+            assert_eq!(p.get("EventList"), Some("start"), "{p:?}");
+            at_start.insert(id.to_owned(), live.state.snapshot(0));
+        } else if p.event().is_some_and(|e| e.ends_with("Complete")) {
+            done += 1;
+        } else {
             fresh.entry(id.to_owned()).or_default().apply(&p, now_ms());
         }
-        for (action, _) in CHECKS {
-            let id = format!("check-{round}-{action}");
-            let want = essentials(&at_start[&id]);
-            let got = essentials(&fresh.remove(&id).unwrap_or_default().snapshot(0));
-            let key = match action {
-                "CoreShowChannels" => "channels",
-                "BridgeList" => "bridges",
-                "QueueStatus" => "queues",
-                _ => "device_states",
-            };
-            assert_eq!(want[key], got[key], "round {round}: {action} disagrees");
-        }
-        // A little more traffic before the next round.
-        let until = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < until {
-            let p = c.packet().await;
-            live_for(&mut live, &p);
-        }
     }
-    assert!(max_channels > 0, "no demo call was seen");
-    assert!(changes > 20, "only {changes} changes");
-    // Queues and device states are always there; callers show up at this call rate.
-    assert!(live.queue_count() == 2, "{}", live.queue_count());
-    let _ = max_callers;
+    for (action, key) in CHECKS {
+        let id = format!("check-{round}-{action}");
+        let want = essentials(&at_start[&id]);
+        let got = essentials(&fresh.remove(&id).unwrap_or_default().snapshot(0));
+        assert_eq!(want[key], got[key], "round {round}: {action} disagrees");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_model_agrees_with_fresh_list_answers() {
+    let cfg = SimConfig {
+        demo_traffic: true,
+        demo_interval_ms: 100,
+        ..SimConfig::default()
+    };
+    let pbx = SimPbx::start("127.0.0.1:0", cfg).await.expect("simulator");
+    let mut c = Conn::connect(&pbx).await;
+    login_and_ask_snapshot(&mut c).await;
+    let mut live = Live::default();
+    live.follow(&mut c, LIVE).await;
+    for round in 0..ROUNDS {
+        check(&mut c, &mut live, &round.to_string()).await;
+        live.follow(&mut c, Duration::from_millis(300)).await;
+    }
+    assert!(live.max_channels > 0, "no demo call was seen");
+    assert!(live.max_callers > 0, "no queue caller was seen");
+    assert!(live.changes > 20, "only {} changes", live.changes);
+    assert_eq!(live.state.queue_count(), 2);
+    let snap = live.state.snapshot(0);
+    assert!(snap["device_states"]
+        .as_object()
+        .is_some_and(|d| d.len() > 20));
+
+    // A reconnect: forget everything, rebuild from the snapshot actions, follow again.
+    pbx.kill_connections();
+    let mut c = Conn::connect(&pbx).await;
+    live.state.reset();
+    assert!(live.state.is_empty());
+    login_and_ask_snapshot(&mut c).await;
+    live.follow(&mut c, Duration::from_millis(500)).await;
+    assert!(live.state.channel_count() > 0);
+    check(&mut c, &mut live, "after-reconnect").await;
     pbx.stop();
 }
