@@ -1327,6 +1327,10 @@ async fn slow_consumer_is_cut_off_and_counted() {
         Closed::Code(4008, "slow consumer".into())
     );
     wait_metric(hub.addr, "amihub_ws_sessions", |n| n == 0).await;
+    // Let what the flood already sent drain through amihub before a new client joins (with a
+    // 64 KiB bound, a test task reading a full-speed flood would itself be cut loose).
+    let sent = pbx.stats().events_sent;
+    wait_metric(hub.addr, "amihub_ami_packets_in_total", |n| n >= sent).await;
     // Others are served as before.
     let mut next = hub.ws().await;
     next.wait_for("Connected", |v| is_status(v, 1, "Connected"))

@@ -198,8 +198,13 @@ impl Registry {
             entry.user
         );
         entry.io.abort(4008, "slow consumer");
-        let io = entry.io;
-        ctx.run_later(SLOW_CLOSE_GRACE, move |_, _| io.kill());
+        // Weak: a client that reads its close frame frees its session at once.
+        let io = Arc::downgrade(&entry.io);
+        ctx.run_later(SLOW_CLOSE_GRACE, move |_, _| {
+            if let Some(io) = io.upgrade() {
+                io.kill();
+            }
+        });
     }
 
     /// Removes a pending action, releasing its slot in the session's count.

@@ -198,9 +198,8 @@ impl Calls {
         let Some(id) = p.get("BridgeUniqueid").filter(|b| !b.is_empty()) else {
             return false;
         };
-        let (created, b) = match self.bridge_entry(id, now_ms) {
-            Some(found) => found,
-            None => return false,
+        let Some((created, b)) = self.bridge_entry(id, now_ms) else {
+            return false;
         };
         created
             | set(&mut b.kind, p.get("BridgeType"))

@@ -178,12 +178,12 @@ impl Queues {
             .and_then(|w| w.trim().parse::<u64>().ok())
             .unwrap_or(0)
             .saturating_mul(1000);
-        self.add_caller(p, now_ms.saturating_sub(wait_ms))
+        self.add_caller(p, now_ms.saturating_sub(wait_ms), true)
     }
 
     /// QueueCallerJoin (or the pre-12 `Join`): a caller starts waiting now.
     pub(super) fn caller_join(&mut self, p: &Packet, now_ms: u64) -> bool {
-        self.add_caller(p, now_ms)
+        self.add_caller(p, now_ms, false)
     }
 
     /// QueueCallerLeave (or `Leave`), QueueCallerAbandon (`abandon`, which also counts it): the
@@ -193,6 +193,9 @@ impl Queues {
             return false;
         };
         let mut changed = abandon && bump(&mut q.abandoned);
+        if let Some(i) = find_caller(&q.relisted, p) {
+            q.relisted.swap_remove(i);
+        }
         if let Some(i) = find_caller(&q.callers, p) {
             q.callers.remove(i);
             self.callers -= 1;
@@ -203,8 +206,9 @@ impl Queues {
         changed
     }
 
-    /// Inserts or moves the caller of `p` to its `Position` (appended when absent).
-    fn add_caller(&mut self, p: &Packet, joined_ms: u64) -> bool {
+    /// Inserts or moves the caller of `p` to its `Position` (appended when absent). A `listed`
+    /// caller (QueueEntry) keeps the join time it had before the relisting.
+    fn add_caller(&mut self, p: &Packet, joined_ms: u64, listed: bool) -> bool {
         let Some(uid) = p
             .get("Uniqueid")
             .or_else(|| p.get("Channel"))
@@ -218,7 +222,9 @@ impl Queues {
         };
         let mut joined_ms = joined_ms;
         if let Some(old) = find_caller(&q.relisted, p).map(|i| q.relisted.swap_remove(i)) {
-            joined_ms = joined_ms.min(old.joined_ms);
+            if listed {
+                joined_ms = joined_ms.min(old.joined_ms);
+            }
         }
         let mut c = match find_caller(&q.callers, p) {
             Some(i) => {

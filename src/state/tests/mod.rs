@@ -1,9 +1,11 @@
-//! Tests of the state model: `captures` replays real Asterisk captures, `model` drives single
-//! events (bridges, queues, endpoints, durations, caps, reset), `sim` checks the live model
-//! against the simulator's own list answers.
+//! Tests of the state model: `captures` replays real Asterisk captures; `calls`, `queues` and
+//! `model` drive single events (bridges and channels; callers and members; endpoints, caps and
+//! reset); `sim` checks the live model against the simulator's own list answers.
 
+mod calls;
 mod captures;
 mod model;
+mod queues;
 mod sim;
 
 use bytes::BytesMut;
@@ -75,4 +77,47 @@ fn uniqueids(snap: &Value) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// A Newchannel for `uid` named `name`.
+fn newchannel(uid: &str, name: &str) -> Packet {
+    pkt(&[
+        ("Event", "Newchannel"),
+        ("Channel", name),
+        ("ChannelState", "4"),
+        ("ChannelStateDesc", "Ring"),
+        ("CallerIDNum", "100"),
+        ("CallerIDName", "Alice"),
+        ("Context", "demo"),
+        ("Exten", "200"),
+        ("Uniqueid", uid),
+        ("Linkedid", uid),
+    ])
+}
+
+/// A bridge event, about channel `uid` if given.
+fn bridge_event(event: &str, bridge: &str, uid: Option<&str>) -> Packet {
+    let mut h = vec![
+        ("Event", event),
+        ("BridgeUniqueid", bridge),
+        ("BridgeType", "basic"),
+        ("BridgeTechnology", "simple_bridge"),
+    ];
+    if let Some(uid) = uid {
+        h.push(("Uniqueid", uid));
+    }
+    pkt(&h)
+}
+
+/// A queue caller event (QueueCallerJoin, QueueEntry, ...) at `position`.
+fn queue_caller(event: &str, queue: &str, uid: &str, position: &str) -> Packet {
+    pkt(&[
+        ("Event", event),
+        ("Channel", &format!("PJSIP/trunk-{uid}")),
+        ("CallerIDNum", "+14155550000"),
+        ("CallerIDName", "Acme"),
+        ("Uniqueid", uid),
+        ("Queue", queue),
+        ("Position", position),
+    ])
 }
