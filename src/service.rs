@@ -97,6 +97,8 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
             }
         }
         log::info!("shutdown requested: closing sessions and logging off PBXs");
+        // Stop accepting first, so no session joins after the 1001 round.
+        handle.pause().await;
         let _ = tokio::time::timeout(Duration::from_secs(4), registry.send(Shutdown)).await;
         handle.stop(true).await;
     });
@@ -161,6 +163,12 @@ async fn reload(current: Settings, state: &AppState) -> Settings {
         .collect();
     if current.users.is_empty() && !next.users.is_empty() {
         gone.push("anonymous".into());
+    }
+    let new_digest = auth.digest_users();
+    for entry in state.auth().digest_users() {
+        if !new_digest.contains(&entry) && !gone.contains(&entry.0) {
+            gone.push(entry.0);
+        }
     }
     let closed = registry
         .send(CloseUserSessions {

@@ -67,6 +67,9 @@ pub enum DiscardReason {
     PacketTooLarge,
     /// More than `max_headers` header lines.
     TooManyHeaders,
+    /// The stream ended in the middle of a packet (a connection reset mid-packet): never
+    /// delivered as if it were whole.
+    Truncated,
 }
 
 /// Pure framing: given bytes starting at a packet start, returns `Some((frame_len, consumed_len))`
@@ -401,12 +404,12 @@ impl Decoder for AmiDecoder {
             return Ok(Some(frame));
         }
         let base = self.base;
-        let frame = self.scanner.finish(src, base).and_then(|(start, end)| {
+        let fragment = self.scanner.finish(src, base).is_some_and(|(start, end)| {
             let text = &src[(start - base) as usize..(end - base) as usize];
-            parse_packet(text, &self.limits).ok()
+            text.iter().any(|b| !b.is_ascii_whitespace())
         });
         let all = self.base + src.len() as u64;
         self.drop_until(src, all);
-        Ok(frame.map(Frame::Packet))
+        Ok(fragment.then_some(Frame::Discarded(DiscardReason::Truncated)))
     }
 }

@@ -98,9 +98,24 @@ impl DigestUsers {
         })
     }
 
-    /// Verifies the parameters of an `Authorization: Digest …` header; returns the user name.
-    pub fn verify(&self, method: &str, params: &str) -> Option<String> {
+    /// The users of this realm with their HA1, sorted.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .ha1
+            .iter()
+            .map(|(u, h)| (u.clone(), h.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Verifies the parameters of an `Authorization: Digest …` header for a request to `uri`;
+    /// returns the user name.
+    pub fn verify(&self, method: &str, uri: &str, params: &str) -> Option<String> {
         let p = parse_params(params);
+        if p.get("uri")? != uri {
+            return None;
+        }
         let user = p.get("username")?;
         let ha1 = self.ha1.get(user.as_str())?;
         if p.get("realm")? != &self.realm || !self.nonce_valid(p.get("nonce")?) {
@@ -185,7 +200,8 @@ mod tests {
         let d = users();
         let nonce = d.nonce_at(now_s());
         assert_eq!(
-            d.verify("GET", &answer(&d, "secret", &nonce)).as_deref(),
+            d.verify("GET", "/api/v1/servers", &answer(&d, "secret", &nonce))
+                .as_deref(),
             Some("admin")
         );
         assert!(d.check_password("admin", "secret"));
@@ -195,14 +211,27 @@ mod tests {
     fn wrong_password_stale_or_forged_nonce_are_refused() {
         let d = users();
         let nonce = d.nonce_at(now_s());
-        assert_eq!(d.verify("GET", &answer(&d, "wrong", &nonce)), None);
-        let stale = d.nonce_at(now_s() - NONCE_TTL_S - 10);
-        assert_eq!(d.verify("GET", &answer(&d, "secret", &stale)), None);
         assert_eq!(
-            d.verify("GET", &answer(&d, "secret", "5f00-0123456789abcdef")),
+            d.verify("GET", "/api/v1/servers", &answer(&d, "wrong", &nonce)),
             None
         );
-        assert_eq!(d.verify("POST", &answer(&d, "secret", &nonce)), None);
+        let stale = d.nonce_at(now_s() - NONCE_TTL_S - 10);
+        assert_eq!(
+            d.verify("GET", "/api/v1/servers", &answer(&d, "secret", &stale)),
+            None
+        );
+        assert_eq!(
+            d.verify(
+                "GET",
+                "/api/v1/servers",
+                &answer(&d, "secret", "5f00-0123456789abcdef")
+            ),
+            None
+        );
+        assert_eq!(
+            d.verify("POST", "/api/v1/servers", &answer(&d, "secret", &nonce)),
+            None
+        );
         assert!(!d.check_password("other", "z"), "other realms are ignored");
     }
 }

@@ -151,6 +151,8 @@ pub enum AuthError {
 /// The parts of a request authentication looks at.
 pub struct Credentials<'a> {
     pub method: &'a str,
+    /// The request target (path and query), which a Digest answer must name.
+    pub uri: &'a str,
     pub authorization: Option<&'a str>,
     pub query_token: Option<&'a str>,
     pub peer: Option<IpAddr>,
@@ -203,6 +205,11 @@ impl Authenticator {
         })
     }
 
+    /// htdigest users and their hashes (to see who changed on reload).
+    pub fn digest_users(&self) -> Vec<(String, String)> {
+        self.digest.as_ref().map_or_else(Vec::new, |d| d.entries())
+    }
+
     /// True when no user source is configured (anonymous loopback mode).
     pub fn is_open(&self) -> bool {
         self.users.is_empty() && self.digest.is_none()
@@ -249,7 +256,7 @@ impl Authenticator {
             }
             "digest" => {
                 let d = self.digest.as_ref().ok_or(AuthError::Invalid)?;
-                let name = d.verify(c.method, rest).ok_or(AuthError::Invalid)?;
+                let name = d.verify(c.method, c.uri, rest).ok_or(AuthError::Invalid)?;
                 Ok(self.identity_for(&name))
             }
             _ => Err(AuthError::Invalid),
@@ -393,6 +400,7 @@ mod tests {
     fn creds<'a>(auth: Option<&'a str>, token: Option<&'a str>, peer: &str) -> Credentials<'a> {
         Credentials {
             method: "GET",
+            uri: "/",
             authorization: auth,
             query_token: token,
             peer: peer.parse().ok(),

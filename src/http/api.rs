@@ -23,8 +23,19 @@ fn error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
 }
 
 pub async fn list_servers(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let rights = identity(&req).map(|i| i.rights);
-    match state.registry.send(ListServers { rights }).await {
+    let Some(who) = identity(&req) else {
+        return error(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "authentication required",
+        );
+    };
+    match state
+        .registry
+        .send(ListServers {
+            rights: Some(who.rights),
+        })
+        .await
+    {
         Ok(servers) => HttpResponse::Ok().json(json!({ "servers": servers })),
         Err(_) => HttpResponse::ServiceUnavailable().json(json!({"error": "registry unavailable"})),
     }
@@ -176,7 +187,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if identity(&req).is_none() {
+        return error(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "authentication required",
+        );
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

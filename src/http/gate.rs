@@ -12,12 +12,22 @@ use super::{is_upgrade, AppState};
 use crate::auth::{forwarded_addresses, AuthError, Credentials};
 use crate::metrics::Metrics;
 
+/// Only the dashboard's own files and the health probes are public; the API, metrics and the
+/// WebSocket need an identity. Judged on the percent-decoded path, as the router sees it.
 fn protected(req: &ServiceRequest) -> bool {
-    let path = req.path();
-    path.starts_with("/api/")
-        || path == "/ws"
-        || path == "/metrics"
-        || (path == "/" && is_upgrade(req.head()))
+    let path = percent_decode_path(req.path());
+    if path == "/" {
+        return is_upgrade(req.head());
+    }
+    let api = ["/api", "/ws", "/metrics"]
+        .iter()
+        .any(|p| path.starts_with(p));
+    api || path.contains("//")
+}
+
+/// Percent-decoding for paths (`+` stays a plus).
+fn percent_decode_path(p: &str) -> String {
+    percent_decode(&p.replace('+', "%2B"))
 }
 
 fn query_token(query: &str) -> Option<String> {
@@ -66,8 +76,10 @@ pub async fn gate(
         .flat_map(|h| headers.get_all(*h))
         .filter_map(|v| v.to_str().ok());
     let token = query_token(req.query_string());
+    let uri = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let creds = Credentials {
         method: req.method().as_str(),
+        uri,
         authorization: headers.get("authorization").and_then(|v| v.to_str().ok()),
         query_token: token.as_deref(),
         peer: req.peer_addr().map(|a| a.ip()),
@@ -121,5 +133,7 @@ mod tests {
         );
         assert_eq!(query_token("token=x%"), Some("x%".into()));
         assert_eq!(query_token("tok=1"), None);
+        assert_eq!(percent_decode_path("/%61pi/v1/servers"), "/api/v1/servers");
+        assert_eq!(percent_decode_path("/a+b"), "/a+b");
     }
 }

@@ -131,6 +131,8 @@ pub struct Registry {
     servers: BTreeMap<u32, ServerEntry>,
     sessions: Sessions,
     pending: PendingTable,
+    /// After Shutdown, late joiners are closed with 1001 at once.
+    shutting_down: bool,
 }
 
 impl Registry {
@@ -151,6 +153,7 @@ impl Registry {
             metrics,
             servers: BTreeMap::new(),
             pending: PendingTable::default(),
+            shutting_down: false,
         }
     }
 
@@ -470,6 +473,13 @@ impl Handler<Join> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            msg.close.do_send(CloseSession {
+                code: 1001,
+                reason: "amihub shutting down".into(),
+            });
+            return;
+        }
         let statuses: Vec<ByteString> = self
             .servers
             .values()
@@ -589,6 +599,7 @@ impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
         for (_, s) in self.sessions.map.drain() {
             s.close.do_send(CloseSession {
                 code: 1001,
