@@ -76,6 +76,9 @@ impl Hist {
             return 0;
         }
         let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        if rank == self.total {
+            return self.max;
+        }
         let mut seen = 0u64;
         for (i, c) in self.counts.iter().enumerate() {
             seen += u64::from(*c);

@@ -136,7 +136,7 @@ impl Drop for RssSampler {
 }
 
 /// Raises this process's open-file soft limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile() -> u64 {
+pub fn raise_nofile() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -151,5 +151,47 @@ pub fn raise_nofile() -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
+}
+
+/// Busy and total jiffies of the whole machine (/proc/stat `cpu` line).
+fn machine_jiffies() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Whole-machine CPU use between `start` and `percent`, as % of one core (200 % = 2 cores busy).
+pub struct MachineCpu {
+    start: (u64, u64),
+    cores: f64,
+}
+
+impl MachineCpu {
+    pub fn start() -> MachineCpu {
+        MachineCpu {
+            start: machine_jiffies(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+        }
+    }
+
+    pub fn percent(&self) -> f64 {
+        let (busy, total) = machine_jiffies();
+        let (db, dt) = (busy - self.start.0, total - self.start.1);
+        if dt == 0 {
+            0.0
+        } else {
+            db as f64 / dt as f64 * self.cores * 100.0
+        }
+    }
 }

@@ -86,6 +86,8 @@ pub struct Report {
     pub ending: Ending,
     /// Flood frames received (with a Seq).
     pub received: u64,
+    /// Payload bytes of those frames.
+    pub received_bytes: u64,
     /// Flood frames whose Seq was above every earlier one.
     pub distinct: u64,
     pub last_seq: u64,
@@ -93,9 +95,12 @@ pub struct Report {
     pub out_of_order: u64,
     /// Text frames without a Seq (statuses and the like).
     pub other_frames: u64,
+    pub first_recv: Option<Instant>,
     pub last_recv: Option<Instant>,
     /// Latency from SentNs to receipt, microseconds (busy clients only).
     pub hist: Option<Hist>,
+    /// When the stream ended (close frame, EOF, error or final Seq).
+    pub ended_at: Option<Instant>,
     /// Bytes read after a stalled client resumed reading.
     pub bytes_after_resume: u64,
 }
@@ -107,12 +112,15 @@ impl Report {
             joined: false,
             ending: Ending::Stopped,
             received: 0,
+            received_bytes: 0,
             distinct: 0,
             last_seq: 0,
             out_of_order: 0,
             other_frames: 0,
+            first_recv: None,
             last_recv: None,
             hist: (role == Role::Busy).then(Hist::new),
+            ended_at: None,
             bytes_after_resume: 0,
         }
     }
@@ -193,6 +201,7 @@ pub async fn run(
         _ = shared.stop.cancelled() => Ending::Stopped,
         e = async { loop { if let Some(e) = conn.pump(&mut report, &shared, false).await { return e } } } => e,
     };
+    report.ended_at = Some(Instant::now());
     if role == Role::Busy {
         shared.finished.fetch_add(1, Relaxed);
     }
@@ -284,10 +293,7 @@ impl Conn {
         let others_before = r.other_frames + r.received;
         let (now_ns, now) = (unix_ns(), Instant::now());
         let mut pongs: Vec<Vec<u8>> = Vec::new();
-        loop {
-            let Some((op, fin, hdr, len, mask)) = header(&self.buf) else {
-                break;
-            };
+        while let Some((op, fin, hdr, len, mask)) = header(&self.buf) {
             if len > 64 * 1024 * 1024 {
                 return Some(Ending::Error(format!("frame of {len} bytes")));
             }
@@ -397,6 +403,8 @@ fn on_payload(
     let at = i + seq_f.needle().len();
     let seq = digits(&p[at..]);
     r.received += 1;
+    r.received_bytes += p.len() as u64;
+    r.first_recv.get_or_insert(now);
     r.last_recv = Some(now);
     if seq > r.last_seq {
         r.distinct += 1;

@@ -46,6 +46,8 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
     .workers(workers)
     .max_connections(max_conn)
     .backlog(4096)
+    // Small frames must leave at once, not wait for the client's delayed ACK (Nagle).
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(5)
     .on_connect(record_socket);

@@ -32,8 +32,10 @@ pub use state_sync::GetState;
 
 /// Actions queued towards one PBX before `SendAction` is refused.
 const WRITE_QUEUE: usize = 1024;
-/// Packets handed to the registry in one message at most.
+/// Packets read before handing them to the registry, at most.
 const BATCH: usize = 512;
+/// Rendered bytes handed to the registry in one message, about.
+const BATCH_BYTES: usize = 64 * 1024;
 const LOGIN_ID: &str = "amihub-login";
 const CHALLENGE_ID: &str = "amihub-challenge";
 const LOGOFF_ID: &str = "amihub-logoff";
@@ -477,19 +479,39 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
                 }
             }
         }
-        if items.is_empty() {
-            return;
+        // Hand over in slices of at most BATCH_BYTES, so one message is a small share of any
+        // session's queue bound. Waiting on each is the backpressure: while the registry is
+        // busy (or every session is behind), this PBX is not read.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for item in items {
+            bytes += item
+                .json
+                .as_ref()
+                .map_or(item.packet.heap_bytes(), |j| j.len());
+            batch.push(item);
+            if bytes >= BATCH_BYTES {
+                self.hand_over(ctx, std::mem::take(&mut batch));
+                bytes = 0;
+            }
         }
-        // Waiting here is the backpressure: while the registry is busy this PBX is not read.
+        if !batch.is_empty() {
+            self.hand_over(ctx, batch);
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.drop_connection(ctx, "connection closed by PBX".into());
+    }
+}
+
+impl PbxConn {
+    fn hand_over(&mut self, ctx: &mut Context<Self>, items: Vec<Inbound>) {
         let msg = PbxPackets {
             server_id: self.settings.id,
             items,
         };
         ctx.wait(self.registry.send(msg).into_actor(self).map(|_, _, _| ()));
-    }
-
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.drop_connection(ctx, "connection closed by PBX".into());
     }
 }
 

@@ -70,6 +70,19 @@ impl Sessions {
         }
     }
 
+    /// When every session is more than half its bound behind, their queues (to wait on):
+    /// reading the PBX faster would only cut them all, while holding back slows no one who
+    /// is keeping up, since no one is.
+    pub fn congested(&self) -> Option<Vec<Arc<SessionIo>>> {
+        let half = self.queue_limit / 2;
+        let all_behind = !self.map.is_empty() && self.map.values().all(|s| s.io.queued() > half);
+        all_behind.then(|| self.map.values().map(|s| s.io.clone()).collect())
+    }
+
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
+    }
+
     /// Queues frames to one session; false if that would pass its bound (caller cuts it loose).
     pub fn send(&self, session: u64, frames: Arc<[ByteString]>) -> bool {
         let Some(entry) = self.map.get(&session) else {

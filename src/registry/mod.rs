@@ -36,6 +36,8 @@ pub use pending::{ActionFailure, Collected};
 use pending::{Pending, PendingTable, ReplyTo, ID_PREFIX};
 pub use subscription::Subscription;
 
+/// Longest a PBX's batch is held back while every session is behind.
+const CONGESTION_WAIT: Duration = Duration::from_millis(50);
 /// A session cut loose for falling behind gets this long to read its close frame.
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -362,9 +364,29 @@ impl Actor for Registry {
 }
 
 impl Handler<PbxPackets> for Registry {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: PbxPackets, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: PbxPackets, ctx: &mut Context<Self>) -> Self::Result {
+        self.route_packets(msg, ctx);
+        // Backpressure towards the PBX when every session is behind: reply once one of them
+        // has drained below half its bound (or after CONGESTION_WAIT, so a set of clients that
+        // all stalled still reaches its bound and is cut).
+        let Some(ios) = self.sessions.congested() else {
+            return Box::pin(async {});
+        };
+        let half = self.sessions.queue_limit() / 2;
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
+            while tokio::time::Instant::now() < deadline && ios.iter().all(|io| io.queued() > half)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    }
+}
+
+impl Registry {
+    fn route_packets(&mut self, msg: PbxPackets, ctx: &mut Context<Self>) {
         let Some(tag) = self.servers.get(&msg.server_id).map(|s| s.tag.clone()) else {
             return;
         };

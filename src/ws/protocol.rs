@@ -80,36 +80,47 @@ pub fn encode_packet(tag: &ServerTag, p: &Packet, action_id: Option<&str>) -> By
     out.push('{');
     let headers: Vec<(&str, &str)> = p.headers().collect();
     let raw: Vec<&str> = p.raw_lines().collect();
-    let mut first = true;
+    // Group repeated names: `first[i]` is the index of the first header named like header i.
+    // Names are compared by a cheap hash first, so the quadratic scan stays cheap.
+    let keys: Vec<u64> = headers.iter().map(|(n, _)| name_key(n)).collect();
+    let mut first: Vec<usize> = (0..headers.len()).collect();
+    let mut count = vec![0u32; headers.len()];
+    for i in 0..headers.len() {
+        if let Some(j) = (0..i).find(|&j| keys[j] == keys[i] && headers[j].0 == headers[i].0) {
+            first[i] = first[j];
+        }
+        count[first[i]] += 1;
+    }
+    let mut wrote_any = false;
     let mut wrote_output = false;
-    for (i, (name, _)) in headers.iter().enumerate() {
+    for (i, (name, value)) in headers.iter().enumerate() {
         // Only the first occurrence of a name writes the key (with every value).
-        if headers[..i].iter().any(|(n, _)| n == name) {
+        if first[i] != i {
             continue;
         }
-        let values = headers[i..]
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| *v);
-        let is_output = *name == "Output";
-        let count = headers[i..].iter().filter(|(n, _)| n == name).count();
-        if !first {
+        if wrote_any {
             out.push(',');
         }
-        first = false;
+        wrote_any = true;
         push_json_str(&mut out, name);
         out.push(':');
-        if is_output {
+        let values = headers[i..]
+            .iter()
+            .zip(&first[i..])
+            .filter(|(_, f)| **f == i)
+            .map(|((_, v), _)| *v);
+        if *name == "Output" {
             wrote_output = true;
             push_json_array(&mut out, values.chain(raw.iter().copied()));
-        } else if count > 1 {
+        } else if count[i] > 1 {
             push_json_array(&mut out, values);
         } else if let (Some(id), true) = (action_id, name.eq_ignore_ascii_case("ActionID")) {
             push_json_str(&mut out, id);
         } else {
-            push_json_str(&mut out, headers[i].1);
+            push_json_str(&mut out, value);
         }
     }
+    let first = !wrote_any;
     if !wrote_output && !raw.is_empty() {
         if !first {
             out.push(',');
@@ -201,12 +212,35 @@ fn push_json_array<'a>(out: &mut String, values: impl Iterator<Item = &'a str>) 
     out.push(']');
 }
 
+/// FNV-1a of a header name (grouping repeated headers).
+fn name_key(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Bytes that need escaping inside a JSON string: controls, `"` and `\`.
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// Appends `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !ESCAPE[b as usize] {
+            continue;
+        }
         let esc: &str = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
