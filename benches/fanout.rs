@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
                         // What a session receives: a clone of the shared batch.
                         let mine = black_box(frames.clone());
                         queued += bytes;
-                    drop(mine);
+                        drop(mine);
                     }
                     black_box(queued)
                 })

@@ -6,11 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amihub::sim::FloodSpec;
@@ -210,129 +206,6 @@ fn assert_seq_continuity(c: &Client, sid: u64) -> usize {
         );
     }
     seqs.len()
-}
-
-/// An amihub process started by this file (the SIGHUP and JSON log tests need its config file
-/// and every stderr line); killed on drop.
-struct OwnHub {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    config: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl OwnHub {
-    fn full_config(config: &str) -> String {
-        let web_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web_root");
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}\"\n{config}",
-            web_root.display()
-        )
-    }
-
-    fn start(config: &str) -> OwnHub {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("amihub.toml");
-        std::fs::write(&path, Self::full_config(config)).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amihub"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info,actix_server=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn amihub");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http").nth(1) {
-                    let addr = rest.trim_start_matches('s').trim_start_matches("://");
-                    let addr: String = addr
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
-                        .collect();
-                    let _ = tx.send(addr);
-                }
-                if std::env::var("AMIHUB_TEST_LOG").is_ok() {
-                    eprintln!("[amihub] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("amihub did not start: {:?}", log.lock().unwrap());
-            }
-        };
-        OwnHub {
-            child,
-            addr,
-            log,
-            config: path,
-            _dir: dir,
-        }
-    }
-
-    fn rewrite_config(&self, config: &str) {
-        // Written to a sibling and renamed: the reload never sees half a file.
-        let tmp = self.config.with_extension("toml.new");
-        std::fs::write(&tmp, Self::full_config(config)).expect("write config");
-        std::fs::rename(&tmp, &self.config).expect("replace config");
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on the pid of our own child process.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({sig}) failed");
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until a log line contains `needle`.
-    async fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}: {:#?}",
-                self.lines()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
-    async fn ws(&self) -> Client {
-        Client::connect(&format!("ws://{}/ws", self.addr)).await
-    }
-}
-
-impl Drop for OwnHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1038,7 +911,7 @@ async fn sighup_adds_removes_and_keeps_servers_without_touching_the_unchanged() 
     let gone = sim("gone").await;
     let new = sim("new").await;
     let base = "[reconnect]\ninitial_ms = 50\nmax_ms = 200\n";
-    let hub = OwnHub::start(&format!(
+    let hub = Amihub::start(&format!(
         "{base}{}{}",
         server_toml(1, "keep", &keep, "admin", "secret", ""),
         server_toml(2, "gone", &gone, "admin", "secret", "")
@@ -1057,7 +930,7 @@ async fn sighup_adds_removes_and_keeps_servers_without_touching_the_unchanged() 
         server_toml(3, "new", &new, "admin", "secret", "")
     ));
     let mark = c.seen.len();
-    hub.signal(libc::SIGHUP);
+    hub.signal_num(libc::SIGHUP);
 
     // Removals are handled before additions.
     let v = c
@@ -1106,7 +979,7 @@ async fn sighup_adds_removes_and_keeps_servers_without_touching_the_unchanged() 
 
     // A broken config is refused and the running one kept.
     std::fs::write(&hub.config, "[[servers]]\nbogus = 1\n").expect("write");
-    hub.signal(libc::SIGHUP);
+    hub.signal_num(libc::SIGHUP);
     hub.wait_log("reload failed").await;
     assert_eq!(server_ids(hub.addr).await, [1, 3]);
     wait_status_at(hub.addr, 1, "Connected").await;
@@ -1132,12 +1005,12 @@ async fn sighup_with_changed_settings_reconnects_that_server_and_it_stays_connec
             )
         )
     };
-    let hub = OwnHub::start(&config(10));
+    let hub = Amihub::start(&config(10));
     wait_status_at(hub.addr, 1, "Connected").await;
     wait_status_at(hub.addr, 2, "Connected").await;
     for round in 1..=3u64 {
         hub.rewrite_config(&config(10 + round as u32));
-        hub.signal(libc::SIGHUP);
+        hub.signal_num(libc::SIGHUP);
         assert!(
             two.wait_for(PATIENCE, |s| s.logoffs == round
                 && s.logins_ok == round + 1
@@ -1351,7 +1224,7 @@ async fn slow_consumer_is_cut_off_and_counted() {
 #[tokio::test]
 async fn json_log_format_writes_one_json_object_per_line() {
     let pbx = sim("pbx1").await;
-    let mut hub = OwnHub::start(&format!(
+    let mut hub = Amihub::start(&format!(
         "[log]\nformat = \"json\"\n[reconnect]\ninitial_ms = 50\nmax_ms = 200\n{}",
         one_server(&pbx, "")
     ));
@@ -1364,9 +1237,9 @@ async fn json_log_format_writes_one_json_object_per_line() {
         .await;
     c.wait_for("Connected again", |v| is_status(v, 1, "Connected"))
         .await;
-    hub.signal(libc::SIGTERM);
+    hub.signal_num(libc::SIGTERM);
     let status = hub
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit_async(Duration::from_secs(10))
         .await
         .expect("exited");
     assert!(status.success(), "{status:?}");

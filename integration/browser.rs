@@ -308,37 +308,10 @@ async fn dashboard_follows_simulated_pbx() {
 
 /// A self-signed certificate for 127.0.0.1 (PEM cert, PEM key).
 fn self_signed() -> (Vec<u8>, Vec<u8>) {
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::{BigNum, MsbOption};
-    use openssl::hash::MessageDigest;
-    use openssl::pkey::PKey;
-    use openssl::x509::extension::SubjectAlternativeName;
-    use openssl::x509::{X509NameBuilder, X509};
-    let key = PKey::ec_gen("prime256v1").expect("key");
-    let mut name = X509NameBuilder::new().expect("name");
-    name.append_entry_by_text("CN", "127.0.0.1").expect("cn");
-    let name = name.build();
-    let mut b = X509::builder().expect("builder");
-    b.set_version(2).expect("version");
-    let mut serial = BigNum::new().expect("bn");
-    serial.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
-    b.set_serial_number(&serial.to_asn1_integer().expect("serial"))
-        .expect("serial");
-    b.set_subject_name(&name).expect("subject");
-    b.set_issuer_name(&name).expect("issuer");
-    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
-        .expect("not before");
-    b.set_not_after(&Asn1Time::days_from_now(2).expect("t"))
-        .expect("not after");
-    b.set_pubkey(&key).expect("pubkey");
-    let san = SubjectAlternativeName::new()
-        .ip("127.0.0.1")
-        .build(&b.x509v3_context(None, None))
-        .expect("san");
-    b.append_extension(san).expect("ext");
-    b.sign(&key, MessageDigest::sha256()).expect("sign");
+    let key = openssl::pkey::PKey::ec_gen("prime256v1").expect("key");
+    let cert = support::pki::cert("127.0.0.1", &key, None, false);
     (
-        b.build().to_pem().expect("cert pem"),
+        cert.to_pem().expect("cert pem"),
         key.private_key_to_pem_pkcs8().expect("key pem"),
     )
 }

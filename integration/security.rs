@@ -7,25 +7,20 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use amihub::ami::Packet;
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use md5::{Digest, Md5};
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::PKey;
 use openssl::ssl::{SslConnector, SslMethod};
-use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-use openssl::x509::{X509NameBuilder, X509};
+use openssl::x509::X509;
 use serde_json::{json, Value};
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -406,109 +401,6 @@ fn digest_challenge(r: &Resp) -> String {
         .into_iter()
         .find(|c| c.starts_with("Digest "))
         .unwrap_or_else(|| panic!("no Digest challenge in {}", r.head))
-}
-
-// ---------------------------------------------------------------------------------------------
-// A hub started by this file (the SIGHUP tests need to rewrite its config file)
-// ---------------------------------------------------------------------------------------------
-
-struct OwnHub {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    config: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl OwnHub {
-    fn config_text(body: &str) -> String {
-        let web_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web_root");
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}\"\n{body}",
-            web_root.display()
-        )
-    }
-
-    /// Starts the binary on `body` (appended after `[http]` with listen and web_root).
-    fn start(body: &str, dir: tempfile::TempDir) -> OwnHub {
-        let config = dir.path().join("amihub.toml");
-        std::fs::write(&config, Self::config_text(body)).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amihub"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info,actix_server=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn amihub");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-                if std::env::var("AMIHUB_TEST_LOG").is_ok() {
-                    eprintln!("[amihub] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("amihub did not start: {:?}", log.lock().unwrap());
-            }
-        };
-        OwnHub {
-            child,
-            addr,
-            log,
-            config,
-            _dir: dir,
-        }
-    }
-
-    fn rewrite(&self, body: &str) {
-        std::fs::write(&self.config, Self::config_text(body)).expect("rewrite config");
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// SIGHUP, then waits for the reload to be logged.
-    async fn reload(&self) {
-        let before = self.log_count("reloaded:");
-        // SAFETY: kill(2) on the pid of the child this test spawned and still owns.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
-        assert_eq!(rc, 0, "kill -HUP");
-        eventually("the reload is logged", || {
-            self.log_count("reloaded:") > before
-        })
-        .await;
-    }
-
-    fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-}
-
-impl Drop for OwnHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1478,53 +1370,6 @@ async fn max_sessions_refuses_the_next_upgrade_with_503() {
 // HTTPS / WSS
 // ---------------------------------------------------------------------------------------------
 
-fn x509_name(cn: &str) -> openssl::x509::X509Name {
-    let mut b = X509NameBuilder::new().expect("name");
-    b.append_entry_by_text("CN", cn).expect("cn");
-    b.build()
-}
-
-fn make_cert(
-    subject: &str,
-    key: &PKey<Private>,
-    issuer: Option<(&X509, &PKey<Private>)>,
-    ca: bool,
-) -> X509 {
-    let mut b = X509::builder().expect("builder");
-    b.set_version(2).expect("version");
-    let mut serial = BigNum::new().expect("bn");
-    serial.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
-    b.set_serial_number(&serial.to_asn1_integer().expect("serial"))
-        .expect("serial");
-    b.set_subject_name(&x509_name(subject)).expect("subject");
-    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
-        .expect("nb");
-    b.set_not_after(&Asn1Time::days_from_now(2).expect("t"))
-        .expect("na");
-    b.set_pubkey(key).expect("pubkey");
-    if ca {
-        b.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
-            .expect("ext");
-    } else {
-        let san = SubjectAlternativeName::new()
-            .ip("127.0.0.1")
-            .build(&b.x509v3_context(issuer.map(|(c, _)| c.as_ref()), None))
-            .expect("san");
-        b.append_extension(san).expect("ext");
-    }
-    match issuer {
-        Some((ca_cert, ca_key)) => {
-            b.set_issuer_name(ca_cert.subject_name()).expect("issuer");
-            b.sign(ca_key, MessageDigest::sha256()).expect("sign");
-        }
-        None => {
-            b.set_issuer_name(&x509_name(subject)).expect("issuer");
-            b.sign(key, MessageDigest::sha256()).expect("sign");
-        }
-    }
-    b.build()
-}
-
 type TlsStream = tokio_openssl::SslStream<TcpStream>;
 
 /// A TLS connection to `addr` that verifies the server against `ca` (and its IP SAN).
@@ -1575,9 +1420,9 @@ async fn next_json_of<S: AsyncRead + AsyncWrite + Unpin>(
 async fn https_and_wss_with_a_trusted_certificate() {
     let pbx = sim("pbx1").await;
     let ca_key = PKey::ec_gen("prime256v1").expect("ca key");
-    let ca = make_cert("amihub test CA", &ca_key, None, true);
+    let ca = support::pki::cert("amihub test CA", &ca_key, None, true);
     let key = PKey::ec_gen("prime256v1").expect("key");
-    let cert = make_cert("127.0.0.1", &key, Some((&ca, &ca_key)), false);
+    let cert = support::pki::cert("127.0.0.1", &key, Some((&ca, &ca_key)), false);
     let dir = tempfile::tempdir().expect("tmp");
     let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_file, cert.to_pem().expect("pem")).expect("write cert");
@@ -1781,7 +1626,7 @@ async fn sighup_with_a_changed_token_revokes_the_old_one() {
             user_toml("keep", KEEP, "")
         )
     };
-    let hub = OwnHub::start(&body(OLD), tempfile::tempdir().expect("tmp"));
+    let hub = Amihub::start_in(&body(OLD), tempfile::tempdir().expect("tmp"));
     let mut old = ws_ok(&hub.ws_url(&format!("/ws?token={OLD}")), &[]).await;
     old.wait_for("Connected", |v| is_status(v, 1, "Connected"))
         .await;
@@ -1795,7 +1640,7 @@ async fn sighup_with_a_changed_token_revokes_the_old_one() {
         200
     );
 
-    hub.rewrite(&body(NEW));
+    hub.rewrite_config(&body(NEW));
     hub.reload().await;
     match old.closed(PATIENCE).await {
         Closed::Code(code, reason) => {
@@ -1837,7 +1682,7 @@ async fn sighup_revokes_sessions_of_users_removed_from_the_htdigest_file() {
         htdigest_config(dir.path(), &format!("{dana}{fred}"), "amiws"),
         quiet_server(1, "pbx1", &pbx)
     );
-    let hub = OwnHub::start(&body, tempfile::tempdir().expect("tmp"));
+    let hub = Amihub::start_in(&body, tempfile::tempdir().expect("tmp"));
     let challenge = digest_challenge(&get(hub.addr, "/api/v1/servers", None).await);
     let auth = digest_answer(&challenge, "dana", "d4na-pass", "GET", "/ws", 1);
     let mut c = ws_ok(&hub.ws_url("/ws"), &[("Authorization", &auth)]).await;

@@ -6,80 +6,10 @@ mod support;
 
 use std::pin::Pin;
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
 use openssl::ssl::{Ssl, SslAcceptor, SslMethod};
-use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-use openssl::x509::{X509NameBuilder, X509};
+use support::pki::{pki, Pki};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
-
-struct Pki {
-    ca: X509,
-    cert: X509,
-    key: PKey<Private>,
-}
-
-fn name(cn: &str) -> openssl::x509::X509Name {
-    let mut b = X509NameBuilder::new().expect("name");
-    b.append_entry_by_text("CN", cn).expect("cn");
-    b.build()
-}
-
-fn cert(
-    subject: &str,
-    key: &PKey<Private>,
-    issuer: Option<(&X509, &PKey<Private>)>,
-    ca: bool,
-) -> X509 {
-    let mut b = X509::builder().expect("builder");
-    b.set_version(2).expect("version");
-    let mut serial = BigNum::new().expect("bn");
-    serial.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
-    b.set_serial_number(&serial.to_asn1_integer().expect("serial"))
-        .expect("serial");
-    b.set_subject_name(&name(subject)).expect("subject");
-    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
-        .expect("nb");
-    b.set_not_after(&Asn1Time::days_from_now(2).expect("t"))
-        .expect("na");
-    b.set_pubkey(key).expect("pubkey");
-    if ca {
-        b.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
-            .expect("ext");
-    } else {
-        let san = SubjectAlternativeName::new()
-            .ip("127.0.0.1")
-            .build(&b.x509v3_context(issuer.map(|(c, _)| c.as_ref()), None))
-            .expect("san");
-        b.append_extension(san).expect("ext");
-    }
-    match issuer {
-        Some((ca_cert, ca_key)) => {
-            b.set_issuer_name(ca_cert.subject_name()).expect("issuer");
-            b.sign(ca_key, MessageDigest::sha256()).expect("sign");
-        }
-        None => {
-            b.set_issuer_name(&name(subject)).expect("issuer");
-            b.sign(key, MessageDigest::sha256()).expect("sign");
-        }
-    }
-    b.build()
-}
-
-fn pki(ca_name: &str) -> Pki {
-    let ca_key = PKey::ec_gen("prime256v1").expect("ca key");
-    let ca = cert(ca_name, &ca_key, None, true);
-    let key = PKey::ec_gen("prime256v1").expect("key");
-    let server = cert("127.0.0.1", &key, Some((&ca, &ca_key)), false);
-    Pki {
-        ca,
-        cert: server,
-        key,
-    }
-}
 
 /// Accepts TLS on an ephemeral port and pipes each connection to `backend` in plain TCP.
 async fn tls_terminator(p: &Pki, backend: std::net::SocketAddr) -> std::net::SocketAddr {

@@ -3,6 +3,8 @@
 //! deadline, never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +28,8 @@ pub struct Amihub {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// The config file, which a test may rewrite before a SIGHUP.
+    pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -67,14 +71,25 @@ impl Amihub {
     }
 
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Amihub {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("amihub.toml");
+        Self::spawn(config, env, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// Starts with the config file in `dir` (which may hold files the config names).
+    pub fn start_in(config: &str, dir: tempfile::TempDir) -> Amihub {
+        Self::spawn(config, &[], dir)
+    }
+
+    fn full_config(body: &str) -> String {
         let web_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web_root");
-        let full = format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}\"\n{config}",
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}\"\n{body}",
             web_root.display()
-        );
-        std::fs::write(&path, full).expect("write config");
+        )
+    }
+
+    fn spawn(config: &str, env: &[(&str, &str)], dir: tempfile::TempDir) -> Amihub {
+        let path = dir.path().join("amihub.toml");
+        std::fs::write(&path, Self::full_config(config)).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_amihub"));
         cmd.arg("--config")
             .arg(&path)
@@ -95,7 +110,10 @@ impl Amihub {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http").nth(1) {
                     let addr = rest.trim_start_matches('s').trim_start_matches("://");
-                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                    let addr: String = addr
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
                     let _ = tx.send(addr);
                 }
                 if std::env::var("AMIHUB_TEST_LOG").is_ok() {
@@ -115,8 +133,80 @@ impl Amihub {
             child,
             addr,
             log,
+            config: path,
             _dir: dir,
         }
+    }
+
+    /// Replaces the config file (written to a sibling and renamed: a reload never sees half).
+    pub fn rewrite_config(&self, body: &str) {
+        let tmp = self.config.with_extension("toml.new");
+        std::fs::write(&tmp, Self::full_config(body)).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("replace config");
+    }
+
+    /// Every stderr line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until a log line contains `needle`; returns it.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {needle:?}: {:#?}",
+                self.lines()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal by number.
+    pub fn signal_num(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of the child this harness spawned and still owns.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
+    /// SIGHUP, then waits until the reload is logged.
+    pub async fn reload(&self) {
+        let before = self.log_count("reloaded:");
+        self.signal_num(libc::SIGHUP);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.log_count("reloaded:") <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "reload not logged: {:#?}",
+                self.lines()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit within `timeout`.
+    pub async fn wait_exit_async(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     pub fn ws_url(&self, path: &str) -> String {
