@@ -521,3 +521,15 @@ fn environment_overrides_config_keys() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
 }
+
+#[tokio::test]
+async fn secrets_inside_arrays_can_come_from_the_environment() {
+    let pbx = sim("pbx1").await;
+    // The file holds a wrong secret; AMIHUB__SERVERS__0__SECRET overrides it.
+    let hub = Amihub::start_with(
+        &server_toml(1, "pbx1", &pbx, "admin", "wrong", ""),
+        &[("AMIHUB__SERVERS__0__SECRET", "secret")],
+    );
+    hub.wait_status(1, "Connected").await;
+    assert_eq!(pbx.stats().logins_failed, 0);
+}

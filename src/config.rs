@@ -326,15 +326,27 @@ impl Settings {
             };
             builder = builder.add_source(config::File::from(path).format(format));
         }
+        // Keys inside arrays (`AMIHUB__SERVERS__0__SECRET`) become indexed overrides
+        // (`servers[0].secret`); the rest go through config's Environment source.
+        let (indexed, plain) = split_env(std::env::vars());
         builder = builder.add_source(
             config::Environment::with_prefix("AMIHUB")
                 .prefix_separator("__")
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("http.allowed_origins")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(plain)),
         );
         let shown = path.map_or("<environment>".to_string(), |p| p.display().to_string());
+        for (key, value) in indexed {
+            builder = builder
+                .set_override(key.as_str(), value)
+                .map_err(|e| ConfigError::Load {
+                    path: shown.clone(),
+                    message: format!("{key}: {e}"),
+                })?;
+        }
         let raw = builder.build().map_err(|e| ConfigError::Load {
             path: shown.clone(),
             message: e.to_string(),
@@ -469,6 +481,41 @@ impl Settings {
     }
 }
 
+/// Splits `AMIHUB__…` variables into indexed overrides (`servers[0].secret`, for keys inside
+/// `[[servers]]`/`[[users]]`) and the rest (left to config's Environment source).
+fn split_env(
+    vars: impl Iterator<Item = (String, String)>,
+) -> (
+    Vec<(String, String)>,
+    std::collections::HashMap<String, String>,
+) {
+    let mut indexed = Vec::new();
+    let mut plain = std::collections::HashMap::new();
+    for (k, v) in vars {
+        let Some(rest) = k.strip_prefix("AMIHUB__") else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if parts.iter().any(|p| p.parse::<usize>().is_ok()) {
+            let mut path = String::new();
+            for p in parts {
+                match p.parse::<usize>() {
+                    Ok(i) => path.push_str(&format!("[{i}]")),
+                    Err(_) if path.is_empty() => path.push_str(&p),
+                    Err(_) => {
+                        path.push('.');
+                        path.push_str(&p);
+                    }
+                }
+            }
+            indexed.push((path, v));
+        } else {
+            plain.insert(k, v);
+        }
+    }
+    (indexed, plain)
+}
+
 /// Fills a server's derived defaults and checks it; `key` names it in messages.
 fn check_server(s: &mut ServerSettings, key: &str, problems: &mut Vec<String>) {
     if s.name.is_empty() {
@@ -567,6 +614,27 @@ mod tests {
         assert!(err.contains("servers[0].username"), "{err}");
         assert!(err.contains("names must be unique"), "{err}");
         assert!(err.contains("reconnect.jitter"), "{err}");
+    }
+
+    #[test]
+    fn indexed_environment_keys_become_array_overrides() {
+        let vars = [
+            ("AMIHUB__SERVERS__0__SECRET", "s3"),
+            ("AMIHUB__USERS__1__TOKEN", "t"),
+            ("AMIHUB__HTTP__LISTEN", "0.0.0.0:1"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let (indexed, plain) = split_env(vars.into_iter());
+        assert_eq!(
+            indexed,
+            [
+                ("servers[0].secret".to_string(), "s3".to_string()),
+                ("users[1].token".into(), "t".into())
+            ]
+        );
+        assert_eq!(plain.len(), 1);
+        assert!(plain.contains_key("AMIHUB__HTTP__LISTEN"));
     }
 
     #[test]
