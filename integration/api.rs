@@ -1284,3 +1284,71 @@ async fn json_log_format_writes_one_json_object_per_line() {
         "{msgs:#?}"
     );
 }
+
+/// Regression: the old PBX actor of a dropped server sent its late "Disconnected" after a new
+/// server with the same id had connected, marking it down.
+#[tokio::test]
+async fn a_dropped_servers_late_messages_do_not_touch_its_replacement() {
+    let old = sim("old").await;
+    let new = sim("new").await;
+    let hub = Amihub::start(&one_server(&old, ""));
+    let mut c = hub.ws().await;
+    c.wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    // The old PBX will not answer Logoff: its actor lingers for the 2 s grace period.
+    old.set_silent(true);
+    let r = proxy(&mut c, json!({"ProxyAction":"DropServer","AMIServerID":1})).await;
+    assert_eq!(r["data"]["Response"], "Success", "{r}");
+    let r = proxy(&mut c, add_server_msg(1, "pbx1", &new)).await;
+    assert_eq!(r["data"]["Response"], "Success", "{r}");
+    c.wait_for("new server ready", |v| {
+        is_status(v, 1, "Connected") && v["data"]["Reason"] == "state ready"
+    })
+    .await;
+    assert!(
+        old.wait_for(PATIENCE, |s| s.live_connections == 0).await,
+        "the old connection ends after the grace period"
+    );
+    // Whatever the old actor said on its way out, server 1 is still the new, connected one.
+    wait_status_at(hub.addr, 1, "Connected").await;
+    c.send_json(json!({"Action":"Ping","AMIServerID":1,"ActionID":"after"}))
+        .await;
+    let v = c
+        .wait_for("Ping reply", |v| v["data"]["ActionID"] == "after")
+        .await;
+    assert_eq!(v["type"], 4, "{v}");
+    let ready = c
+        .seen
+        .iter()
+        .position(|x| is_status(x, 1, "Connected") && x["data"]["Reason"] == "state ready")
+        .expect("ready status seen");
+    assert!(
+        !c.seen[ready..]
+            .iter()
+            .any(|v| is_status(v, 1, "Disconnected")),
+        "no Disconnected for server 1 after the replacement was ready: {:?}",
+        &c.seen[ready..]
+    );
+}
+
+/// A web admin must not make amihub read files on its host (and send them to a PBX).
+#[tokio::test]
+async fn add_server_refuses_host_paths() {
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&one_server(&pbx, ""));
+    let mut c = hub.ws().await;
+    for key in ["secret_file", "tls_ca"] {
+        let mut msg = add_server_msg(9, "nine", &pbx);
+        msg["Server"][key] = json!("/etc/hostname");
+        let r = proxy(&mut c, msg).await;
+        assert_eq!(r["data"]["Response"], "Error", "{r}");
+        assert!(
+            r["data"]["Message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("config file"),
+            "{r}"
+        );
+    }
+    assert_eq!(server_ids(hub.addr).await, [1]);
+}

@@ -533,3 +533,26 @@ async fn secrets_inside_arrays_can_come_from_the_environment() {
     hub.wait_status(1, "Connected").await;
     assert_eq!(pbx.stats().logins_failed, 0);
 }
+
+/// Regression: a reply whose requester had gone (left, cut, timed out) was broadcast to every
+/// session — another user's GetConfig or Command output.
+#[tokio::test]
+async fn replies_for_finished_actions_reach_no_one() {
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&one_server(&pbx, ""));
+    let mut c = hub.ws().await;
+    c.wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    pbx.inject_raw(
+        b"Response: Success\r\nActionID: amihub.424242\r\nMessage: someone else's secret\r\n\r\n\
+          Event: Marker\r\n\r\n",
+    );
+    c.wait_for("marker", |v| is_event(v, 1, "Marker")).await;
+    assert!(
+        !c.seen
+            .iter()
+            .any(|v| v["data"]["ActionID"] == "amihub.424242"),
+        "an orphaned reply was broadcast: {:?}",
+        c.seen
+    );
+}

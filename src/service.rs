@@ -161,7 +161,7 @@ async fn reload(current: Settings, state: &AppState) -> Settings {
         .filter(|u| !next.users.contains(u))
         .map(|u| u.name.clone())
         .collect();
-    if current.users.is_empty() && !next.users.is_empty() {
+    if state.auth().is_open() && !auth.is_open() {
         gone.push("anonymous".into());
     }
     let new_digest = auth.digest_users();

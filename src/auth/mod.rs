@@ -364,7 +364,12 @@ pub fn forwarded_addresses<'a>(values: impl Iterator<Item = &'a str>) -> Vec<IpA
     for v in values {
         for part in v.split([',', ';']) {
             let p = part.trim();
-            let p = p.strip_prefix("for=").unwrap_or(p).trim_matches('"');
+            // RFC 7239 parameter names are case-insensitive (`For=`).
+            let p = match p.get(..4) {
+                Some(head) if head.eq_ignore_ascii_case("for=") => &p[4..],
+                _ => p,
+            };
+            let p = p.trim_matches('"');
             let p = p.trim_start_matches('[');
             let p = p.split(']').next().unwrap_or(p);
             if let Ok(ip) = p.parse::<IpAddr>() {

@@ -139,6 +139,7 @@ fn failure(f: ActionFailure) -> HttpResponse {
         ActionFailure::NotConnected(_) => S::SERVICE_UNAVAILABLE,
         ActionFailure::Forbidden(_) => S::FORBIDDEN,
         ActionFailure::Timeout => S::GATEWAY_TIMEOUT,
+        ActionFailure::Busy => S::SERVICE_UNAVAILABLE,
         ActionFailure::Failed(_) => S::BAD_GATEWAY,
     };
     error(status, &f.to_string())

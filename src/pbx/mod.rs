@@ -86,6 +86,10 @@ enum Phase {
 /// One supervised AMI connection. The struct survives restarts; each restart is a new connection.
 pub struct PbxConn {
     settings: Arc<ServerSettings>,
+    /// Set by the registry; tags every message so a replaced actor's late ones are ignored.
+    generation: u64,
+    /// A completed state rebuild to announce after the packets that preceded it.
+    ready_version: Option<u64>,
     tag: ServerTag,
     limits: Limits,
     reconnect: ReconnectSettings,
@@ -113,6 +117,7 @@ pub struct PbxConn {
 impl PbxConn {
     pub fn new(
         settings: Arc<ServerSettings>,
+        generation: u64,
         limits: Limits,
         reconnect: ReconnectSettings,
         registry: Addr<Registry>,
@@ -123,6 +128,8 @@ impl PbxConn {
             Err(e) => (None, e.to_string()),
         };
         PbxConn {
+            generation,
+            ready_version: None,
             tag: ServerTag::new(settings.id, &settings.name, settings.tls),
             backoff: Backoff::from(&reconnect),
             settings,
@@ -170,6 +177,7 @@ impl PbxConn {
         }
         self.registry.do_send(PbxStatusChanged {
             server_id: self.settings.id,
+            generation: self.generation,
             status,
             reason: reason.to_string(),
             banner,
@@ -281,6 +289,7 @@ impl PbxConn {
         }
         self.registry.do_send(PbxStatusChanged {
             server_id: self.settings.id,
+            generation: self.generation,
             status: ServerStatus::Connecting,
             reason: "logging in".into(),
             banner: Some(banner),
@@ -409,6 +418,10 @@ impl Supervised for PbxConn {}
 
 impl PbxConn {
     fn connection_ended(&mut self) {
+        if self.shutting_down && self.phase == Phase::Idle {
+            // The final stop after a shutdown already reported: nothing new to say.
+            return;
+        }
         let was_connected = self.phase == Phase::Connected;
         let stayed_up = self
             .connected_at
@@ -495,8 +508,9 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
                 bytes = 0;
             }
         }
-        if !batch.is_empty() {
-            self.hand_over(ctx, batch);
+        let ready = self.ready_version.take();
+        if !batch.is_empty() || ready.is_some() {
+            self.hand_over_with(ctx, batch, ready);
         }
     }
 
@@ -507,9 +521,20 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
 
 impl PbxConn {
     fn hand_over(&mut self, ctx: &mut Context<Self>, items: Vec<Inbound>) {
+        self.hand_over_with(ctx, items, None);
+    }
+
+    fn hand_over_with(
+        &mut self,
+        ctx: &mut Context<Self>,
+        items: Vec<Inbound>,
+        state_version: Option<u64>,
+    ) {
         let msg = PbxPackets {
             server_id: self.settings.id,
+            generation: self.generation,
             items,
+            state_version,
         };
         ctx.wait(self.registry.send(msg).into_actor(self).map(|_, _, _| ()));
     }

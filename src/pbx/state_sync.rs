@@ -7,9 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use serde_json::{json, Value};
 
-use super::{PbxConn, Phase, ServerStatus};
+use super::{PbxConn, Phase};
 use crate::ami::Packet;
-use crate::registry::PbxStatusChanged;
 use crate::state::snapshot_actions;
 
 /// Prefix of the ActionIDs of snapshot actions: `amihub-snap-<i>`.
@@ -64,13 +63,8 @@ impl PbxConn {
                 self.snapshot_open.retain(|x| x != id);
                 if self.snapshot_open.is_empty() {
                     self.state_version += 1;
-                    self.registry.do_send(PbxStatusChanged {
-                        server_id: self.settings.id,
-                        status: ServerStatus::Connected,
-                        reason: "state ready".into(),
-                        banner: None,
-                        state_version: Some(self.state_version),
-                    });
+                    // Announced with the packets handed over from this read, after them.
+                    self.ready_version = Some(self.state_version);
                 }
             }
             return None;

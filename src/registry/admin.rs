@@ -115,8 +115,10 @@ impl Handler<AddServer> for Registry {
         }
         let (limits, reconnect) = (self.ami_limits, self.reconnect.clone());
         let (registry, metrics, settings) = (ctx.address(), self.metrics.clone(), s.clone());
+        self.next_generation += 1;
+        let generation = self.next_generation;
         let addr = Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
-            PbxConn::new(settings, limits, reconnect, registry, metrics)
+            PbxConn::new(settings, generation, limits, reconnect, registry, metrics)
         });
         log::info!(
             "server {} ({}): added ({}:{})",
@@ -137,6 +139,7 @@ impl Handler<AddServer> for Registry {
                 since: SystemTime::now(),
                 connects: 0,
                 settled: false,
+                generation,
             },
         );
         Ok(())
@@ -316,11 +319,21 @@ impl Handler<HttpAction> for Registry {
             Metrics::inc(&self.metrics.actions_refused_total);
             return Err(ActionFailure::Forbidden(format!("server {}", msg.server)));
         }
+        let in_flight = self
+            .pending
+            .map
+            .values()
+            .filter(|p| p.session().is_none())
+            .count();
+        if in_flight >= super::pending::MAX_HTTP_IN_FLIGHT {
+            return Err(ActionFailure::Busy);
+        }
         let (tx, rx) = oneshot::channel();
         let reply = ReplyTo::Collect {
             tx: Some(tx),
             response: None,
             events: Vec::new(),
+            bytes: 0,
         };
         let pending = Pending::new(reply, msg.server, msg.client_id, &msg.action, msg.timeout);
         self.dispatch(ctx, msg.server, msg.action, pending)?;

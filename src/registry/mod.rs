@@ -52,7 +52,11 @@ pub struct Inbound {
 #[rtype(result = "()")]
 pub struct PbxPackets {
     pub server_id: u32,
+    /// Which PBX actor sent it: a dropped server's late messages never touch its replacement.
+    pub generation: u64,
     pub items: Vec<Inbound>,
+    /// Set when the state rebuild completed with the last of these packets ("state ready").
+    pub state_version: Option<u64>,
 }
 
 /// A PBX connection changed state (or greeted us with a banner).
@@ -60,6 +64,7 @@ pub struct PbxPackets {
 #[rtype(result = "()")]
 pub struct PbxStatusChanged {
     pub server_id: u32,
+    pub generation: u64,
     pub status: ServerStatus,
     pub reason: String,
     pub banner: Option<String>,
@@ -121,6 +126,8 @@ struct ServerEntry {
     connects: u64,
     /// The first connection attempt has finished (either way): counts towards readiness.
     settled: bool,
+    /// Identifies the PBX actor of this entry (see `PbxPackets::generation`).
+    generation: u64,
 }
 
 /// The registry actor (one per process).
@@ -135,6 +142,7 @@ pub struct Registry {
     pending: PendingTable,
     /// After Shutdown, late joiners are closed with 1001 at once.
     shutting_down: bool,
+    next_generation: u64,
 }
 
 impl Registry {
@@ -156,6 +164,7 @@ impl Registry {
             servers: BTreeMap::new(),
             pending: PendingTable::default(),
             shutting_down: false,
+            next_generation: 0,
         }
     }
 
@@ -272,7 +281,14 @@ impl Registry {
                 tx,
                 response,
                 events,
+                bytes,
             } => {
+                *bytes += packet.heap_bytes();
+                if *bytes > pending::MAX_COLLECT_BYTES {
+                    let text = format!("result larger than {} bytes", pending::MAX_COLLECT_BYTES);
+                    self.fail(ctx, seq, ActionFailure::Failed(text));
+                    return None;
+                }
                 if packet.get("Response").is_some() {
                     *response = Some(packet);
                 } else {
@@ -387,7 +403,11 @@ impl Handler<PbxPackets> for Registry {
 
 impl Registry {
     fn route_packets(&mut self, msg: PbxPackets, ctx: &mut Context<Self>) {
-        let Some(tag) = self.servers.get(&msg.server_id).map(|s| s.tag.clone()) else {
+        let current = self
+            .servers
+            .get(&msg.server_id)
+            .filter(|s| s.generation == msg.generation);
+        let Some(tag) = current.map(|s| s.tag.clone()) else {
             return;
         };
         let mut batch: Vec<Outgoing> = Vec::with_capacity(msg.items.len());
@@ -413,6 +433,14 @@ impl Registry {
                     Some(p) => packet = p,
                     None => continue,
                 }
+            } else if is_orphan_reply(&packet) {
+                // A late reply for a requester that is gone (left, cut, timed out): it belongs
+                // to no one, and must never reach everyone.
+                log::debug!(
+                    "server {}: dropped a reply for a finished action",
+                    msg.server_id
+                );
+                continue;
             }
             let frame = encode_packet(&tag, &packet, restored.as_deref());
             batch.push(Outgoing {
@@ -421,14 +449,43 @@ impl Registry {
             });
         }
         self.broadcast(ctx, msg.server_id, &batch);
+        if let Some(version) = msg.state_version {
+            self.apply_status(
+                ctx,
+                PbxStatusChanged {
+                    server_id: msg.server_id,
+                    generation: msg.generation,
+                    status: ServerStatus::Connected,
+                    reason: "state ready".into(),
+                    banner: None,
+                    state_version: Some(version),
+                },
+            );
+        }
     }
+}
+
+/// A packet carrying one of amihub's ActionIDs that is no longer pending. Only a UserEvent
+/// (the PBX's broadcast of a client's UserEvent action) is an event for everyone.
+fn is_orphan_reply(p: &Packet) -> bool {
+    p.action_id().is_some_and(|id| id.starts_with(ID_PREFIX)) && p.event() != Some("UserEvent")
 }
 
 impl Handler<PbxStatusChanged> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: PbxStatusChanged, ctx: &mut Context<Self>) {
-        let Some(server) = self.servers.get_mut(&msg.server_id) else {
+        self.apply_status(ctx, msg);
+    }
+}
+
+impl Registry {
+    fn apply_status(&mut self, ctx: &mut Context<Self>, msg: PbxStatusChanged) {
+        let current = self
+            .servers
+            .get_mut(&msg.server_id)
+            .filter(|s| s.generation == msg.generation);
+        let Some(server) = current else {
             return;
         };
         let tag = server.tag.clone();

@@ -33,6 +33,8 @@ pub enum ActionFailure {
     Forbidden(String),
     #[error("timeout waiting for the PBX")]
     Timeout,
+    #[error("too many HTTP actions in flight (at most {MAX_HTTP_IN_FLIGHT})")]
+    Busy,
     #[error("{0}")]
     Failed(String),
 }
@@ -44,8 +46,15 @@ pub enum ReplyTo {
         tx: Option<oneshot::Sender<Result<Collected, ActionFailure>>>,
         response: Option<Packet>,
         events: Vec<Packet>,
+        /// Bytes collected so far (bounded by MAX_COLLECT_BYTES).
+        bytes: usize,
     },
 }
+
+/// Largest HTTP action result amihub collects before failing it.
+pub const MAX_COLLECT_BYTES: usize = 16 << 20;
+/// HTTP actions in flight at once (all users); more get 503.
+pub const MAX_HTTP_IN_FLIGHT: usize = 256;
 
 /// One action in flight.
 pub struct Pending {

@@ -135,7 +135,7 @@ impl Calls {
             if self.channels.len() >= MAX_CHANNELS {
                 return false;
             }
-            let age_ms = p.get("Duration").map_or(0, parse_hms) * 1000;
+            let age_ms = p.get("Duration").map_or(0, parse_hms).saturating_mul(1000);
             let c = Channel {
                 uniqueid: uid.to_owned(),
                 created_ms: now_ms.saturating_sub(age_ms),
@@ -274,6 +274,7 @@ impl Calls {
     /// out of any other bridge first.
     fn link(&mut self, id: &str, uid: &str, now_ms: u64, p: Option<&Packet>) -> bool {
         let mut changed = false;
+        let known = self.channels.contains_key(uid);
         if let Some(c) = self.channels.get_mut(uid) {
             if c.bridge.as_deref() != Some(id) {
                 if let Some(old) = c.bridge.replace(id.to_owned()) {
@@ -292,7 +293,9 @@ impl Calls {
             changed |= set(&mut b.kind, p.get("BridgeType"))
                 | set(&mut b.technology, p.get("BridgeTechnology"));
         }
-        if !b.channels.iter().any(|u| u == uid) {
+        // Only channels amihub knows are linked: a stream of BridgeEnter for unknown channels
+        // (a long-lived holding bridge) must not grow the list without bound.
+        if known && !b.channels.iter().any(|u| u == uid) {
             b.channels.push(uid.to_owned());
             changed = true;
         }
@@ -373,5 +376,14 @@ mod tests {
         assert_eq!(parse_hms("00:01:05"), 65);
         assert_eq!(parse_hms("123:00:01"), 442_801);
         assert_eq!(parse_hms("junk"), 0);
+        assert_eq!(
+            parse_hms("99999999999999999999999"),
+            0,
+            "unparseable is zero, no overflow"
+        );
+        assert_eq!(
+            parse_hms("99999999999999999:0:0").saturating_mul(1000),
+            u64::MAX
+        );
     }
 }

@@ -162,6 +162,15 @@ impl WsSession {
                     .and_then(|v| {
                         serde_json::from_value::<ServerSettings>(v).map_err(|e| e.to_string())
                     })
+                    .and_then(|s| {
+                        // Paths on the amihub host are config-file only: a web admin must not
+                        // make amihub read (and send) arbitrary files.
+                        if s.secret_file.is_some() || s.tls_ca.is_some() {
+                            Err("secret_file and tls_ca can only be set in the config file".into())
+                        } else {
+                            Ok(s)
+                        }
+                    })
                     .and_then(|s| crate::config::validate_server(s).map_err(|e| e.join("; ")));
                 let settings = match settings {
                     Ok(s) => Arc::new(s),
