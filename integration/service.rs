@@ -478,7 +478,10 @@ fn check_config_reports_each_problem_with_its_key() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bogus"), "{err}");
+    assert!(
+        err.contains("servers[0].bogus"),
+        "the key is named with its path: {err}"
+    );
     std::fs::write(
         &bad,
         "[http]\nlisten = \"nope\"\n[[servers]]\nname = \"x\"\n",

@@ -351,10 +351,12 @@ impl Settings {
             path: shown.clone(),
             message: e.to_string(),
         })?;
-        let mut settings: Settings = raw.try_deserialize().map_err(|e| ConfigError::Load {
-            path: shown,
-            message: e.to_string(),
-        })?;
+        // serde_path_to_error names where a problem is (`servers[0].bogus`), not only what.
+        let mut settings: Settings =
+            serde_path_to_error::deserialize(raw).map_err(|e| ConfigError::Load {
+                path: shown,
+                message: e.to_string(),
+            })?;
         settings.finish()?;
         settings.source = path.map(Path::to_path_buf);
         Ok(settings)
