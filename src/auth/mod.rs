@@ -4,7 +4,7 @@
 
 pub mod digest;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -384,9 +384,6 @@ pub fn forwarded_addresses<'a>(values: impl Iterator<Item = &'a str>) -> Vec<IpA
     }
     out
 }
-
-/// Rights indexed by user name (for reload and listings).
-pub type RightsByUser = HashMap<String, Arc<Rights>>;
 
 #[cfg(test)]
 mod tests {

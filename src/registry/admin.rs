@@ -8,6 +8,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::fanout::Outgoing;
 use super::pending::{ActionFailure, Collected, Pending, ReplyTo};
 use super::{Registry, ServerEntry};
 use crate::ami::Action;
@@ -150,38 +151,20 @@ impl Handler<DropServer> for Registry {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DropServer, ctx: &mut Context<Self>) -> Self::Result {
-        let entry = self
+        let tag = self
             .servers
-            .remove(&msg.id)
+            .get(&msg.id)
+            .map(|e| e.tag.clone())
             .ok_or_else(|| format!("unknown server {}", msg.id))?;
-        log::info!("server {} ({}): dropped", msg.id, entry.tag.name);
-        let lost: Vec<u64> = self
-            .pending
-            .map
-            .iter()
-            .filter(|(_, p)| p.server_id == msg.id)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in lost {
-            self.fail(
-                ctx,
-                seq,
-                ActionFailure::Failed(format!("server {} was removed", msg.id)),
-            );
-        }
-        if entry.status == ServerStatus::Connected {
-            self.metrics
-                .pbx_connected
-                .fetch_sub(0, std::sync::atomic::Ordering::Relaxed);
-        }
-        // Tell sessions, then log off; dropping the last Addr stops the supervisor.
-        let frame = encode_status(&entry.tag, ServerStatus::Disconnected.as_str(), "removed");
-        let name = entry.tag.name.clone();
-        self.servers.insert(msg.id, entry);
+        log::info!("server {} ({}): dropped", msg.id, tag.name);
+        self.fail_server(ctx, msg.id, &format!("server {} was removed", msg.id));
+        // Tell the sessions that may see it while it is still listed, then forget it and log
+        // off; the actor's own stop accounts for the connection (`PbxConn::stopped`).
+        let frame = encode_status(&tag, ServerStatus::Disconnected.as_str(), "removed");
         self.broadcast(
             ctx,
             msg.id,
-            &[super::fanout::Outgoing {
+            &[Outgoing {
                 frame,
                 packet: None,
             }],
@@ -192,7 +175,6 @@ impl Handler<DropServer> for Registry {
                 let _ = addr.send(PbxShutdown).await;
             });
         }
-        let _ = name;
         Ok(())
     }
 }

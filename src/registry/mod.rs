@@ -255,6 +255,20 @@ impl Registry {
         }
     }
 
+    /// Fails every action in flight to one server (it disconnected or was removed).
+    fn fail_server(&mut self, ctx: &mut Context<Self>, server_id: u32, text: &str) {
+        let lost: Vec<u64> = self
+            .pending
+            .map
+            .iter()
+            .filter(|(_, p)| p.server_id == server_id)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in lost {
+            self.fail(ctx, seq, ActionFailure::Failed(text.to_string()));
+        }
+    }
+
     /// A packet carrying one of our ActionIDs: to its requester if it is part of the reply.
     fn route_reply(
         &mut self,
@@ -533,17 +547,8 @@ impl Registry {
             }],
         );
         if was_connected && msg.status != ServerStatus::Connected {
-            let lost: Vec<u64> = self
-                .pending
-                .map
-                .iter()
-                .filter(|(_, p)| p.server_id == msg.server_id)
-                .map(|(seq, _)| *seq)
-                .collect();
             let text = format!("Server {} disconnected: {}", msg.server_id, msg.reason);
-            for seq in lost {
-                self.fail(ctx, seq, ActionFailure::Failed(text.clone()));
-            }
+            self.fail_server(ctx, msg.server_id, &text);
         }
     }
 }
