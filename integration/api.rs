@@ -93,22 +93,12 @@ async fn metrics(addr: SocketAddr) -> HashMap<String, u64> {
 }
 
 async fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let all = metrics(addr).await;
-    *all.get(name)
-        .unwrap_or_else(|| panic!("no metric {name} in {all:?}"))
+    metric_at(addr, name, &[]).await
 }
 
 /// Polls `GET /metrics` until `pred(value of name)` holds; returns that value.
 async fn wait_metric(addr: SocketAddr, name: &str, pred: impl Fn(u64) -> bool) -> u64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let got = metric(addr, name).await;
-        if pred(got) {
-            return got;
-        }
-        assert!(Instant::now() < deadline, "{name} stuck at {got}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_metric_at(addr, name, &[], pred).await
 }
 
 /// The `N` header of type-3 events named `name` from server `sid` seen by `c`, in order.

@@ -290,27 +290,12 @@ fn assert_bounded(hub: &Amihub, what: &str) -> Usage {
 
 /// The value of an unlabelled metric in `GET /metrics`.
 async fn metric(hub: &Amihub, name: &str) -> u64 {
-    let (status, body) = hub.http("GET", "/metrics", &[], "").await;
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+    metric_at(hub.addr, name, &[]).await
 }
 
 /// Polls `GET /metrics` until `name` equals `want`.
 async fn wait_metric(hub: &Amihub, name: &str, want: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let got = metric(hub, name).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed {got}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric_at(hub.addr, name, &[], |n| n == want).await;
 }
 
 /// Server `id` as `GET /api/v1/servers` shows it.

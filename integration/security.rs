@@ -293,28 +293,9 @@ fn action_names(seen: &[Packet]) -> Vec<String> {
         .collect()
 }
 
-async fn metric(addr: SocketAddr, name: &str, auth: Option<&str>) -> u64 {
-    let r = get(addr, "/metrics", auth).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 async fn wait_metric(addr: SocketAddr, name: &str, auth: Option<&str>, want: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let got = metric(addr, name, auth).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed {got}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    wait_metric_at(addr, name, &headers, |n| n == want).await;
 }
 
 /// Polls `cond` every 20 ms until it holds or `PATIENCE` runs out.

@@ -343,6 +343,36 @@ pub async fn http_to(
     (status, decode_chunked(&text, body))
 }
 
+/// The value of metric `name` in `GET /metrics` (with `headers`, e.g. credentials).
+pub async fn metric_at(addr: SocketAddr, name: &str, headers: &[(&str, &str)]) -> u64 {
+    let (status, body) = http_to(addr, "GET", "/metrics", headers, "").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+}
+
+/// Polls metric `name` until `pred` holds; returns that value.
+pub async fn wait_metric_at(
+    addr: SocketAddr,
+    name: &str,
+    headers: &[(&str, &str)],
+    pred: impl Fn(u64) -> bool,
+) -> u64 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got = metric_at(addr, name, headers).await;
+        if pred(got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stuck at {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn decode_chunked(head: &str, body: String) -> String {
     if !head
         .to_ascii_lowercase()
