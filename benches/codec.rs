@@ -6,7 +6,7 @@ use tokio_util::codec::Decoder;
 
 use amihub::ami::{AmiDecoder, Frame, Limits};
 
-const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/captures");
+const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/captures");
 
 /// Every capture as one stream: one banner, then the packets of every received and sent file.
 fn all_captures() -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! A simulated Asterisk PBX speaking AMI over TCP, for `amihub --demo`, integration tests and
 //! the load tool. It answers the actions a dashboard uses in the shapes recorded from Asterisk 22
-//! (`shared/captures`), runs plain and Challenge/MD5 logins, generates realistic calls, queues
+//! (`integration/captures`, copied from a real Asterisk 22), runs plain and Challenge/MD5 logins, generates realistic calls, queues
 //! and agents when `demo_traffic` is on, and gives tests fine control: failing logins, a black
 //! hole, refused or killed connections, injected events and bytes, floods, counters.
 //!

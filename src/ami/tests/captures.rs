@@ -3,7 +3,7 @@
 use super::*;
 use crate::ami::{find_frame_end, PacketKind};
 
-const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/captures");
+const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/captures");
 
 /// Captures larger than this are checked split-everywhere per segment of whole packets (the
 /// all-offsets check is quadratic); the segments must then decode to the same frames as the file.

@@ -15,7 +15,7 @@ use tokio_util::codec::Decoder;
 use super::PbxState;
 use crate::ami::{AmiDecoder, Frame, Limits, Packet};
 
-const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/captures");
+const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/captures");
 
 /// The packets of a capture from a real Asterisk (`name` without `.txt`), banner skipped.
 fn capture(name: &str) -> Vec<Packet> {
