@@ -1,13 +1,16 @@
-//! AJAM, Asterisk's HTTP manager (`/rawman`, `/mxml`, `/manager`): what its bodies look like.
+//! AJAM, Asterisk's HTTP manager (`/rawman`, `/mxml`, `/manager`): its body formats and session state.
 //!
-//! This module owns the AJAM body formats and nothing else: `translate` turns AMI text (what
+//! This module owns what AJAM is, apart from HTTP: `translate` turns AMI text (what
 //! `/rawman` answers verbatim) into the `<ajax-response>` XML of `/mxml` and the HTML table of
-//! `/manager`, by Asterisk's own rules. Invariant: pure — no actix, no sockets, no sessions; the
+//! `/manager`, by Asterisk's own rules; `sessions` keeps the `mansession_id` sessions and their
+//! bounded `WaitEvent` queues. Invariant: pure — no actix, no sockets, no clocks; the
 //! HTTP front end that will serve these routes decides who may see which packets.
 
+mod sessions;
 mod translate;
 
 #[cfg(test)]
 mod tests;
 
+pub use sessions::{Drained, SessionError, SessionTable};
 pub use translate::{html_document, translate, xml_document, Format, XmlTarget};
