@@ -303,7 +303,7 @@ impl Registry {
                     self.fail(ctx, seq, ActionFailure::Failed(text));
                     return None;
                 }
-                if packet.get("Response").is_some() {
+                if pending::is_response(&packet) {
                     *response = Some(packet);
                 } else {
                     events.push(packet);

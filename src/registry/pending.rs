@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::ami::Packet;
+use crate::ami::{Packet, PacketKind};
 
 /// Prefix of the ActionIDs amihub writes for client actions.
 pub const ID_PREFIX: &str = "amihub.";
@@ -79,9 +79,7 @@ impl Pending {
         timeout: Duration,
     ) -> Pending {
         let async_originate = action.name().eq_ignore_ascii_case("Originate")
-            && action
-                .get("Async")
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "1"));
+            && action.get("Async").is_some_and(crate::ami::ast_true);
         Pending {
             reply,
             server_id,
@@ -112,7 +110,7 @@ impl Pending {
     /// (an event that merely carries the id, like UserEvent: a broadcast), else whether the
     /// reply is now complete.
     pub fn absorb(&mut self, packet: &Packet) -> Option<bool> {
-        let is_response = packet.get("Response").is_some();
+        let is_response = is_response(packet);
         let event = packet.event().unwrap_or("");
         let targeted =
             is_response || self.list || (self.async_originate && event == "OriginateResponse");
@@ -142,6 +140,13 @@ impl Pending {
             || event == "OriginateResponse";
         Some(complete)
     }
+}
+
+/// True for the response to an action: a packet whose first header is `Response`. An event
+/// may carry a `Response` header of its own (`OriginateResponse` does, capture 10): that is
+/// still an event.
+pub fn is_response(packet: &Packet) -> bool {
+    packet.kind() == PacketKind::Response
 }
 
 /// The table of actions in flight.
@@ -226,6 +231,22 @@ mod tests {
         );
         assert_eq!(x.absorb(&p(&[("Response", "Success")])), Some(false));
         assert_eq!(x.absorb(&p(&[("Event", "OriginateResponse")])), Some(true));
+    }
+
+    #[test]
+    fn originate_response_with_its_own_response_header_completes() {
+        // The shape Asterisk 22 writes (capture 10): the event repeats `Response: Success`.
+        let mut x = pending(Action::new("Originate").header("Async", "yes"));
+        assert_eq!(x.absorb(&p(&[("Response", "Success")])), Some(false));
+        let event = p(&[
+            ("Event", "OriginateResponse"),
+            ("Privilege", "call,all"),
+            ("ActionID", "amihub.1"),
+            ("Response", "Success"),
+            ("Reason", "4"),
+        ]);
+        assert!(!is_response(&event));
+        assert_eq!(x.absorb(&event), Some(true));
     }
 
     #[test]

@@ -169,11 +169,3 @@ fn set_val<T: PartialEq>(dst: &mut T, value: T) -> bool {
         true
     }
 }
-
-/// Asterisk's `ast_true` for flags such as `Paused` and `InCall`.
-fn is_true(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "yes" | "true" | "y" | "t" | "on"
-    )
-}
