@@ -26,8 +26,7 @@ type Script = dyn Fn(&Packet) -> Vec<u8> + Send + Sync;
 /// what its script returns, and writes whatever the test injects. One connection at a time.
 struct FakePbx {
     addr: SocketAddr,
-    /// Bytes to write on the current connection (kept open while the fake runs).
-    _inject: mpsc::UnboundedSender<Vec<u8>>,
+    inject: mpsc::UnboundedSender<Vec<u8>>,
 }
 
 impl FakePbx {
@@ -64,10 +63,12 @@ impl FakePbx {
                 }
             }
         });
-        FakePbx {
-            addr,
-            _inject: inject,
-        }
+        FakePbx { addr, inject }
+    }
+
+    /// Writes `bytes` on the current connection, after anything already queued.
+    fn inject(&self, bytes: Vec<u8>) {
+        self.inject.send(bytes).expect("fake PBX is running");
     }
 
     /// A `[[servers]]` entry for it (plain login, no keepalive pings in the way).
@@ -209,4 +210,109 @@ async fn async_originates_free_their_websocket_slot_when_answered() {
         .filter(|v| is_event(v, 1, "Newchannel"))
         .count();
     assert_eq!(newchannels, 2 * CAP * 3);
+}
+
+const ALICE: &str = "alice-token-0123456789abcdef";
+const OPS: &str = "ops-token-0123456789abcdef";
+
+#[tokio::test]
+async fn a_hostile_pbx_spraying_guessed_action_ids_reaches_no_other_server_s_user() {
+    let victim = sim("pbx1").await;
+    let hostile = FakePbx::start(Arc::new(basic_answer)).await;
+    let hub = Amihub::start(&format!(
+        "[limits]\naction_timeout_s = 2\n{}{}\
+         [[users]]\nname = \"alice\"\ntoken = \"{ALICE}\"\nservers = [\"1\"]\n\
+         [[users]]\nname = \"ops\"\ntoken = \"{OPS}\"\nactions = [\"*\"]\nadmin = true\n",
+        server_toml(
+            1,
+            "pbx1",
+            &victim,
+            "admin",
+            "secret",
+            "ping_interval_s = 3600"
+        ),
+        hostile.server_toml(2, "hostile"),
+    ));
+    let mut ops = Client::connect(&hub.ws_url(&format!("/ws?token={OPS}"))).await;
+    for id in [1, 2] {
+        ops.wait_for("Connected", |v| is_status(v, id, "Connected"))
+            .await;
+    }
+    let mut alice = Client::connect(&hub.ws_url(&format!("/ws?token={ALICE}"))).await;
+    alice
+        .wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    // Alice's actions stay in flight: her PBX takes them but does not answer.
+    victim.set_silent(true);
+    let mut reached = victim.actions();
+    alice
+        .send_json(json!({"Action":"Ping","ActionID":"p1","AMIServerID":1}))
+        .await;
+    let auth = format!("Bearer {ALICE}");
+    let addr = hub.addr;
+    let http = tokio::spawn(async move {
+        http_to(
+            addr,
+            "POST",
+            "/api/v1/servers/1/actions",
+            &[("Authorization", &auth)],
+            r#"{"Action":"CoreShowChannels","ActionID":"h1"}"#,
+        )
+        .await
+    });
+    let mut pending = 0;
+    while pending < 2 {
+        let p = tokio::time::timeout(PATIENCE, reached.recv())
+            .await
+            .expect("alice's actions reach her PBX")
+            .expect("action");
+        if p.action_id().is_some_and(|i| i.starts_with("amihub.")) {
+            pending += 1;
+        }
+    }
+    // The hostile PBX answers every id it can guess, responses and list items alike.
+    let mut spray = String::new();
+    for n in 0..=2000 {
+        spray.push_str(&format!(
+            "Response: Success\r\nActionID: amihub.{n}\r\nMessage: forged\r\n\r\n\
+             Event: CoreShowChannel\r\nActionID: amihub.{n}\r\nChannel: forged\r\n\r\n"
+        ));
+    }
+    spray.push_str("Event: SprayDone\r\n\r\n");
+    hostile.inject(spray.into_bytes());
+    ops.wait_for("the end of the spray", |v| is_event(v, 2, "SprayDone"))
+        .await;
+    // Alice's own actions end the only way they can: unanswered.
+    let r = alice
+        .wait_for("p1's end", |v| v["data"]["ActionID"] == "p1")
+        .await;
+    assert_eq!(r["type"], 8, "{r}");
+    assert_eq!(r["data"]["Response"], "Error", "{r}");
+    let (status, body) = http.await.expect("http task");
+    assert_eq!(status, 504, "{body}");
+    let leaked: Vec<&Value> = alice
+        .seen
+        .iter()
+        .filter(|v| v["server_id"] == 2 || v.to_string().contains("forged"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
+    // Alice's session still routes: her PBX answers again.
+    victim.set_silent(false);
+    alice
+        .send_json(json!({"Action":"Ping","ActionID":"p2","AMIServerID":1}))
+        .await;
+    let r = alice
+        .wait_for("p2", |v| v["data"]["ActionID"] == "p2")
+        .await;
+    assert_eq!(
+        (r["type"].clone(), r["server_id"].clone()),
+        (json!(4), json!(1)),
+        "{r}"
+    );
+    // Nothing of the spray went to anyone: the orphaned replies were dropped, not broadcast.
+    assert!(
+        !ops.seen.iter().any(|v| v.to_string().contains("forged")),
+        "{:#?}",
+        ops.seen
+    );
 }
