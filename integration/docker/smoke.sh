@@ -191,7 +191,9 @@ export AMIHUB_PORT
 for AMIHUB_PORT in $(shuf -i 20000-40000 -n 20); do
   (exec 3<>"/dev/tcp/127.0.0.1/$AMIHUB_PORT") 2>/dev/null || break
 done
-"${compose[@]}" build -q >/dev/null 2>&1 || "${compose[@]}" build
+compose_log=/var/tmp/amihub-smoke-compose.log
+"${compose[@]}" build >"$compose_log" 2>&1 ||
+  { tail -30 "$compose_log"; fail "docker-compose build failed (log: $compose_log)"; }
 compose_up=1
 "${compose[@]}" up -d 2>&1 | grep -v '^$' | sed 's/^/   /'
 probe "$AMIHUB_PORT"
