@@ -107,7 +107,7 @@ image_mb=$(($(docker image inspect -f '{{.Size}}' "$image") / 1000000))
 bin_bytes=$(docker run --rm --entrypoint stat "$image" -c %s /usr/local/bin/amihub)
 bin_mb=$((bin_bytes / 1000000))
 echo "   built in ${build_s}s; image ${image_mb} MB; binary ${bin_mb} MB"
-# With Cargo.toml's debug = 1 the binary is ~90 MB; stripped it is ~12 MB.
+# With Cargo.toml's debug = 1 the binary is ~90 MB; stripped it is ~9 MB.
 [ "$bin_mb" -lt 30 ] || fail "the binary in the image is ${bin_mb} MB: not stripped?"
 
 # ---- probes -----------------------------------------------------------------------------------
