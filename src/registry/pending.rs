@@ -101,6 +101,14 @@ impl Pending {
             .unwrap_or_else(|| format!("{ID_PREFIX}{seq}"))
     }
 
+    /// An HTTP caller that went away (dropped its receiver): nobody waits for this result.
+    pub fn abandoned(&self) -> bool {
+        match &self.reply {
+            ReplyTo::Collect { tx, .. } => tx.as_ref().is_none_or(|t| t.is_closed()),
+            ReplyTo::Session(_) => false,
+        }
+    }
+
     pub fn session(&self) -> Option<u64> {
         match self.reply {
             ReplyTo::Session(s) => Some(s),
@@ -165,10 +173,11 @@ impl PendingTable {
         self.map.contains_key(&seq).then_some(seq)
     }
 
+    /// Actions past their deadline, and HTTP actions whose caller went away.
     pub fn expired(&self, now: Instant) -> Vec<u64> {
         self.map
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, p)| p.deadline <= now || p.abandoned())
             .map(|(s, _)| *s)
             .collect()
     }
