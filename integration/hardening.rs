@@ -107,33 +107,6 @@ async fn wait_reached(rx: &mut broadcast::Receiver<Packet>, name: &str, want: us
     }
 }
 
-/// Polls `GET /api/v1/servers` with `auth` until every server is Connected.
-async fn wait_connected_as(addr: SocketAddr, auth: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = http_to(
-            addr,
-            "GET",
-            "/api/v1/servers",
-            &[("Authorization", auth)],
-            "",
-        )
-        .await;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let all = v["servers"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty() && a.iter().all(|s| s["status"] == "Connected"));
-        if status == 200 && all {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "servers never all Connected: {status} {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 const ORIGINATE: &str =
     r#"{"Action":"Originate","Channel":"Local/100@default","Application":"Wait","Data":"1"}"#;
 

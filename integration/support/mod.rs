@@ -351,6 +351,33 @@ pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String)
     (status, head, body)
 }
 
+/// Polls `GET /api/v1/servers` with `auth` until every server is Connected.
+pub async fn wait_connected_as(addr: SocketAddr, auth: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http_to(
+            addr,
+            "GET",
+            "/api/v1/servers",
+            &[("Authorization", auth)],
+            "",
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let all = v["servers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|s| s["status"] == "Connected"));
+        if status == 200 && all {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "servers never all Connected: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The value of metric `name` in `GET /metrics` (with `headers`, e.g. credentials).
 pub async fn metric_at(addr: SocketAddr, name: &str, headers: &[(&str, &str)]) -> u64 {
     let (status, body) = http_to(addr, "GET", "/metrics", headers, "").await;
