@@ -368,9 +368,7 @@ async fn status_variables_need_the_getvar_right() {
     for t in &tricks {
         viewer.send_json(t.clone()).await;
         let id = t["ActionID"].as_str().unwrap_or("");
-        let r = viewer
-            .wait_for(id, |v| v["data"]["ActionID"] == id)
-            .await;
+        let r = viewer.wait_for(id, |v| v["data"]["ActionID"] == id).await;
         assert_eq!(r["type"], 8, "{r}");
         assert_eq!(r["data"]["Response"], "Error", "{r}");
         let msg = r["data"]["Message"].as_str().unwrap_or("");
