@@ -55,11 +55,7 @@ impl WsSession {
             self.id,
             self.identity.name
         );
-        self.error(
-            ctx,
-            &format!("ProxyAction {name} requires an admin user"),
-            None,
-        );
+        self.fail(ctx, &format!("ProxyAction {name} requires an admin user"));
         false
     }
 
