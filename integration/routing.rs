@@ -536,3 +536,45 @@ async fn an_events_list_narrows_broadcasts_never_the_reply_to_ones_own_action() 
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn subscribe_filters_are_bounded_and_rate_limited() {
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&server_toml(
+        1,
+        "pbx1",
+        &pbx,
+        "admin",
+        "secret",
+        "ping_interval_s = 3600",
+    ));
+    let mut c = hub.ws().await;
+    let long = format!("Event: {}", "a".repeat(200));
+    c.send_json(json!({"ProxyAction":"Subscribe","ActionID":"long","Filters":[long]}))
+        .await;
+    let r = c
+        .wait_for("long", |v| v["data"]["ActionID"] == "long")
+        .await;
+    assert_eq!(r["data"]["Response"], "Error", "{r}");
+    assert!(r.to_string().contains("longer than 128"), "{r}");
+    // Back to back: the burst passes, the rest is refused with a clear error.
+    for n in 0..30 {
+        c.send_json(json!({"ProxyAction":"Subscribe","ActionID":format!("s{n}"),"Filters":["Event: Hangup"]}))
+            .await;
+    }
+    let mut refused = 0;
+    for n in 0..30 {
+        let id = format!("s{n}");
+        let r = c
+            .wait_for(&id, |v| v["data"]["ActionID"] == id.as_str())
+            .await;
+        if r["data"]["Response"] == "Error" {
+            assert!(
+                r.to_string().contains("Subscribe rate limit exceeded"),
+                "{r}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "{refused} of 30 refused");
+}

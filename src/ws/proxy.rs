@@ -114,6 +114,14 @@ impl WsSession {
                     })
                     .wait(ctx);
             }
+            "Subscribe" if !self.subscribe_bucket.take() => {
+                Metrics::inc(&self.metrics.actions_refused_total);
+                let msg = format!(
+                    "Subscribe rate limit exceeded ({} per second)",
+                    crate::ws::session::SUBSCRIBES_PER_SECOND
+                );
+                self.fail(ctx, &msg);
+            }
             "Subscribe" => {
                 let parsed = (|| {
                     let servers =
