@@ -439,3 +439,153 @@ async fn status_variables_need_the_getvar_right() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_challenge_answered_without_a_challenge_is_a_failed_login() {
+    let received = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = received.clone();
+    let pbx = FakePbx::start(Arc::new(move |p: &Packet| {
+        let name = p.get("Action").unwrap_or("").to_string();
+        log.lock().expect("log").push(name.clone());
+        match name.as_str() {
+            // Success, but no `Challenge:` to answer.
+            "Challenge" => reply(p, "Success", "Challenge issued"),
+            _ => basic_answer(p),
+        }
+    }))
+    .await;
+    let toml = pbx
+        .server_toml(1, "pbx1")
+        .replace("auth = \"plain\"", "auth = \"md5\"");
+    let hub = Amihub::start(&toml);
+    hub.wait_status(1, "AuthFailed").await;
+    let v = hub.get_json("/api/v1/servers").await;
+    let reason = v["servers"][0]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("without a Challenge header"), "{v}");
+    let seen = received.lock().expect("log").clone();
+    assert!(seen.iter().any(|a| a == "Challenge"), "{seen:?}");
+    assert!(!seen.iter().any(|a| a == "Login"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|a| a != "Challenge"),
+        "nothing else was sent: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn admin_only_proxy_actions_are_refused_with_the_clients_action_id() {
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&format!(
+        "{}[[users]]\nname = \"viewer\"\ntoken = \"{VIEWER}\"\n",
+        server_toml(1, "pbx1", &pbx, "admin", "secret", "ping_interval_s = 3600"),
+    ));
+    let mut c = Client::connect(&hub.ws_url(&format!("/ws?token={VIEWER}"))).await;
+    for (n, name) in ["ListSessions", "AddServer", "DropServer"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("admin-{n}");
+        c.send_json(json!({"ProxyAction":name,"ActionID":id,"AMIServerID":1}))
+            .await;
+        let r = c
+            .wait_for("the refusal", |v| {
+                v["type"] == 8 && v["data"]["Response"] == "Error"
+            })
+            .await;
+        assert_eq!(r["data"]["ActionID"], id.as_str(), "{r}");
+        assert!(r.to_string().contains("requires an admin user"), "{r}");
+    }
+}
+
+/// The rule: a user's `events` list (and a Subscribe) narrows what reaches a session unasked;
+/// the reply to the session's own action (response, list items, `…Complete`) is that action's
+/// result, governed by `actions`, and arrives whole.
+#[tokio::test]
+async fn an_events_list_narrows_broadcasts_never_the_reply_to_ones_own_action() {
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&format!(
+        "{}[[users]]\nname = \"hangups\"\ntoken = \"{VIEWER}\"\nevents = [\"Hangup\"]\n",
+        server_toml(1, "pbx1", &pbx, "admin", "secret", "ping_interval_s = 3600"),
+    ));
+    let mut c = Client::connect(&hub.ws_url(&format!("/ws?token={VIEWER}"))).await;
+    c.wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    pbx.emit(&[("Event", "QueueMember"), ("Queue", "unasked")]);
+    c.send_json(json!({"Action":"QueueStatus","ActionID":"q1","AMIServerID":1}))
+        .await;
+    c.wait_for("QueueStatusComplete", |v| {
+        v["data"]["ActionID"] == "q1" && v["data"]["Event"] == "QueueStatusComplete"
+    })
+    .await;
+    pbx.emit(&[("Event", "Hangup"), ("Uniqueid", "marker")]);
+    c.wait_for("the marker", |v| v["data"]["Uniqueid"] == "marker")
+        .await;
+    let events: Vec<&Value> = c.seen.iter().filter(|v| v["type"] == 3).collect();
+    let mine = events
+        .iter()
+        .filter(|v| v["data"]["ActionID"] == "q1" && v["data"]["Event"] == "QueueMember")
+        .count();
+    assert!(mine > 0, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|v| v["data"]["ActionID"] == "q1" || v["data"]["Event"] == "Hangup"),
+        "only Hangup arrives unasked: {events:#?}"
+    );
+    // Over HTTP the result is the same whole list.
+    let auth = format!("Bearer {VIEWER}");
+    let (status, body) = hub
+        .http(
+            "POST",
+            "/api/v1/servers/1/actions",
+            &[("Authorization", &auth)],
+            r#"{"Action":"QueueStatus"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"QueueMember\"") && body.contains("QueueStatusComplete"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn subscribe_filters_are_bounded_and_rate_limited() {
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&server_toml(
+        1,
+        "pbx1",
+        &pbx,
+        "admin",
+        "secret",
+        "ping_interval_s = 3600",
+    ));
+    let mut c = hub.ws().await;
+    let long = format!("Event: {}", "a".repeat(200));
+    c.send_json(json!({"ProxyAction":"Subscribe","ActionID":"long","Filters":[long]}))
+        .await;
+    let r = c
+        .wait_for("long", |v| v["data"]["ActionID"] == "long")
+        .await;
+    assert_eq!(r["data"]["Response"], "Error", "{r}");
+    assert!(r.to_string().contains("longer than 128"), "{r}");
+    // Back to back: the burst passes, the rest is refused with a clear error.
+    for n in 0..30 {
+        c.send_json(json!({"ProxyAction":"Subscribe","ActionID":format!("s{n}"),"Filters":["Event: Hangup"]}))
+            .await;
+    }
+    let mut refused = 0;
+    for n in 0..30 {
+        let id = format!("s{n}");
+        let r = c
+            .wait_for(&id, |v| v["data"]["ActionID"] == id.as_str())
+            .await;
+        if r["data"]["Response"] == "Error" {
+            assert!(
+                r.to_string().contains("Subscribe rate limit exceeded"),
+                "{r}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "{refused} of 30 refused");
+}

@@ -312,11 +312,7 @@ impl PbxConn {
             .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
         if !ok {
             let msg = p.get("Message").unwrap_or("login refused").to_string();
-            self.auth_failed = true;
-            Metrics::inc(&self.metrics.pbx_auth_failures_total);
-            self.status(ServerStatus::AuthFailed, &msg, None);
-            self.reason = msg;
-            ctx.stop();
+            self.login_failed(ctx, msg);
             return;
         }
         self.phase = Phase::Connected;
@@ -328,6 +324,16 @@ impl PbxConn {
         self.start_snapshot(ctx);
         let every = Duration::from_secs(self.settings.ping_interval_s);
         ctx.run_interval(every, |act, ctx| act.ping(ctx));
+    }
+
+    /// The PBX refused the login (or answered it in a way that is no login): AuthFailed, then
+    /// the longer auth-failure backoff.
+    fn login_failed(&mut self, ctx: &mut Context<Self>, reason: String) {
+        self.auth_failed = true;
+        Metrics::inc(&self.metrics.pbx_auth_failures_total);
+        self.status(ServerStatus::AuthFailed, &reason, None);
+        self.reason = reason;
+        ctx.stop();
     }
 
     fn ping(&mut self, ctx: &mut Context<Self>) {
@@ -353,8 +359,16 @@ impl PbxConn {
         let id = p.action_id().unwrap_or("");
         match self.phase {
             Phase::Challenge if id == CHALLENGE_ID => {
+                let success = p
+                    .get("Response")
+                    .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
                 match p.get("Challenge").map(str::to_string) {
                     Some(ch) => self.login(ctx, Some(&ch)),
+                    // A success with nothing to answer is no login: never Connected without one.
+                    None if success => self.login_failed(
+                        ctx,
+                        "the PBX answered Challenge without a Challenge header".into(),
+                    ),
                     None => self.on_login_reply(ctx, &p),
                 }
                 None

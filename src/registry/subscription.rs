@@ -9,6 +9,10 @@ use crate::auth::Allow;
 /// Rules at most per subscription, and the compiled size of each.
 pub const MAX_FILTERS: usize = 64;
 const MAX_REGEX_BYTES: usize = 64 * 1024;
+/// Longest rule text: compile cost grows with it (`(?i)[a-z]{200}` costs about 0.4 ms).
+pub const MAX_FILTER_BYTES: usize = 128;
+/// Memory of each rule's lazy DFA cache, so matching stays bounded too.
+const MAX_DFA_BYTES: usize = 256 * 1024;
 
 /// One `eventfilter` rule: `Header: regex` allows, `!Header: regex` denies.
 #[derive(Debug, Clone)]
@@ -32,6 +36,8 @@ pub enum SubscribeError {
     NotAList { field: &'static str },
     #[error("at most {MAX_FILTERS} filters")]
     TooManyFilters,
+    #[error("filter of {0} bytes is longer than {MAX_FILTER_BYTES}")]
+    FilterTooLong(usize),
     #[error("invalid filter {filter:?}: {message}")]
     BadFilter { filter: String, message: String },
 }
@@ -46,6 +52,9 @@ impl Subscription {
         if filters.len() > MAX_FILTERS {
             return Err(SubscribeError::TooManyFilters);
         }
+        if let Some(f) = filters.iter().find(|f| f.len() > MAX_FILTER_BYTES) {
+            return Err(SubscribeError::FilterTooLong(f.len()));
+        }
         let filters = filters
             .into_iter()
             .map(|f| {
@@ -55,6 +64,7 @@ impl Subscription {
                 };
                 regex::RegexBuilder::new(&pattern)
                     .size_limit(MAX_REGEX_BYTES)
+                    .dfa_size_limit(MAX_DFA_BYTES)
                     .build()
                     .map(|regex| Filter { deny, regex })
                     .map_err(|e| SubscribeError::BadFilter {
@@ -174,6 +184,11 @@ mod tests {
             Subscription::new(None, None, vec!["Event: (".into()]),
             Err(SubscribeError::BadFilter { .. })
         ));
+        let long = format!("Event: {}", "x".repeat(MAX_FILTER_BYTES));
+        assert_eq!(
+            Subscription::new(None, None, vec![long]).unwrap_err(),
+            SubscribeError::FilterTooLong(MAX_FILTER_BYTES + 7)
+        );
         let many = vec!["Event: x".to_string(); MAX_FILTERS + 1];
         assert_eq!(
             Subscription::new(None, None, many).unwrap_err(),

@@ -55,11 +55,7 @@ impl WsSession {
             self.id,
             self.identity.name
         );
-        self.error(
-            ctx,
-            &format!("ProxyAction {name} requires an admin user"),
-            None,
-        );
+        self.fail(ctx, &format!("ProxyAction {name} requires an admin user"));
         false
     }
 
@@ -117,6 +113,14 @@ impl WsSession {
                         Err(_) => act.fail(ctx, "registry unavailable"),
                     })
                     .wait(ctx);
+            }
+            "Subscribe" if !self.subscribe_bucket.take() => {
+                Metrics::inc(&self.metrics.actions_refused_total);
+                let msg = format!(
+                    "Subscribe rate limit exceeded ({} per second)",
+                    crate::ws::session::SUBSCRIBES_PER_SECOND
+                );
+                self.fail(ctx, &msg);
             }
             "Subscribe" => {
                 let parsed = (|| {

@@ -31,26 +31,32 @@ pub struct CloseSession {
     pub reason: String,
 }
 
-/// A token bucket: `rate` tokens per second, bursts up to `rate`.
-struct TokenBucket {
+/// A token bucket: `rate` tokens per second, bursts up to `burst`.
+pub(super) struct TokenBucket {
     rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
     fn new(rate: u32) -> TokenBucket {
+        TokenBucket::with_burst(rate, rate)
+    }
+
+    fn with_burst(rate: u32, burst: u32) -> TokenBucket {
         TokenBucket {
             rate: rate as f64,
-            tokens: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
             last: Instant::now(),
         }
     }
 
-    fn take(&mut self) -> bool {
+    pub(super) fn take(&mut self) -> bool {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate);
+        self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -73,7 +79,13 @@ pub struct WsSession {
     /// The ActionID of the ProxyAction being answered.
     pub(super) proxy_id: Option<String>,
     bucket: TokenBucket,
+    /// Subscribes compile regexes on this worker: at most SUBSCRIBES_PER_SECOND.
+    pub(super) subscribe_bucket: TokenBucket,
 }
+
+/// Subscribes one session may make per second, after a burst of SUBSCRIBE_BURST.
+pub const SUBSCRIBES_PER_SECOND: u32 = 2;
+const SUBSCRIBE_BURST: u32 = 10;
 
 impl WsSession {
     pub fn new(
@@ -90,6 +102,7 @@ impl WsSession {
             registry,
             io,
             bucket: TokenBucket::new(limits.actions_per_second),
+            subscribe_bucket: TokenBucket::with_burst(SUBSCRIBES_PER_SECOND, SUBSCRIBE_BURST),
             limits,
             metrics,
             last_heard: Instant::now(),
