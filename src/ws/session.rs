@@ -12,54 +12,9 @@ use bytestring::ByteString;
 use crate::auth::Identity;
 use crate::config::LimitSettings;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::registry::{ClientRequest, Join, Leave, Registry};
-use crate::ws::outbound::SessionIo;
+use crate::registry::session::{CloseSession, Deliver, Format, SessionIo, TokenBucket};
+use crate::registry::{ClientRequest, Join, Leave, Registry, Target};
 use crate::ws::protocol::{encode_reply, parse_client, ClientMessage};
-
-/// Frames to write, shared with every other session that receives them.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    pub frames: Arc<[ByteString]>,
-}
-
-/// Close this session with a WebSocket close code (1001 at shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseSession {
-    pub code: u16,
-    pub reason: String,
-}
-
-/// A token bucket: `rate` tokens per second, bursts up to `rate`.
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32) -> TokenBucket {
-        TokenBucket {
-            rate: rate as f64,
-            tokens: rate as f64,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// One browser connection.
 pub struct WsSession {
@@ -211,7 +166,7 @@ impl WsSession {
             _ => self.registry.do_send(ClientRequest {
                 session: self.id,
                 action,
-                server,
+                target: server.map_or(Target::Every, Target::Id),
                 client_id,
             }),
         }
@@ -230,6 +185,8 @@ impl Actor for WsSession {
             out: ctx.address().recipient(),
             close: ctx.address().recipient(),
             io: self.io.clone(),
+            format: Format::Json,
+            subscription: None,
         });
         let every = Duration::from_secs(self.limits.ws_ping_interval_s);
         let idle = Duration::from_secs(self.limits.ws_idle_timeout_s);
