@@ -4,6 +4,7 @@
 //! - [`auth`]: users, credentials (argon2, tokens, htdigest) and rights; pure checks.
 //! - [`config`]: the only reader of config files and environment; validates everything up front.
 //! - [`ami`]: bytes <-> AMI packets and actions. Pure: never imports actix, serde_json or sockets.
+//! - [`ajam`]: AJAM body formats (AMI text -> `/mxml` XML, `/manager` HTML). Pure.
 //! - [`pbx`]: the supervised connection actor per PBX (login, keepalive, reconnect with backoff).
 //! - [`registry`]: server_id -> PBX actor, sessions, ActionID routing, fan-out of shared frames;
 //!   `registry::session` is the protocol its front ends (WebSocket, AMI listener) implement.
@@ -20,6 +21,7 @@
 //! - `registry` never imports a front end's actor (`ws::session`, `amisrv::session`).
 //! - Every queue between a PBX and a browser is bounded in bytes; a slow browser is cut loose.
 
+pub mod ajam;
 pub mod ami;
 pub mod amisrv;
 pub mod auth;

@@ -23,4 +23,4 @@ pub use codec::{
     find_frame_end, parse_packet, AmiDecoder, DiscardReason, Frame, Limits, DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PACKET_BYTES,
 };
-pub use packet::{Packet, PacketKind};
+pub use packet::{ast_true, Packet, PacketKind};

@@ -2,6 +2,14 @@
 
 use std::fmt;
 
+/// Asterisk's `ast_true`: how it reads a boolean header (`Async`, `Paused`, `InCall`).
+pub fn ast_true(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "yes" | "true" | "y" | "t" | "on"
+    )
+}
+
 /// What a packet is, judged by its first header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PacketKind {

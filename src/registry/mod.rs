@@ -34,7 +34,7 @@ pub use admin::{
 };
 use fanout::{Outgoing, SessionEntry, Sessions};
 pub use pending::{ActionFailure, Collected};
-use pending::{Pending, PendingTable, ReplyTo, ID_PREFIX};
+use pending::{Pending, PendingTable, ReplyTo, Token, ID_PREFIX};
 use session::{CloseSession, Deliver, Format, SessionIo};
 pub use subscription::Subscription;
 
@@ -254,7 +254,7 @@ impl Registry {
     }
 
     /// Removes a pending action, releasing its slot in the session's count.
-    fn finish(&mut self, seq: u64) -> Option<Pending> {
+    fn finish(&mut self, seq: Token) -> Option<Pending> {
         let p = self.pending.map.remove(&seq)?;
         self.metrics.action_duration.observe(p.started.elapsed());
         if let Some(s) = p.session().and_then(|s| self.sessions.map.get_mut(&s)) {
@@ -264,7 +264,7 @@ impl Registry {
     }
 
     /// Ends a pending action with an error for whoever waits on it.
-    fn fail(&mut self, ctx: &mut Context<Self>, seq: u64, failure: ActionFailure) {
+    fn fail(&mut self, ctx: &mut Context<Self>, seq: Token, failure: ActionFailure) {
         let Some(mut p) = self.finish(seq) else {
             return;
         };
@@ -289,7 +289,7 @@ impl Registry {
 
     /// Fails every action in flight to one server (it disconnected or was removed).
     fn fail_server(&mut self, ctx: &mut Context<Self>, server_id: u32, text: &str) {
-        let lost: Vec<u64> = self
+        let lost: Vec<Token> = self
             .pending
             .map
             .iter()
@@ -305,7 +305,7 @@ impl Registry {
     fn route_reply(
         &mut self,
         ctx: &mut Context<Self>,
-        seq: u64,
+        seq: Token,
         packet: Packet,
         tag: &ServerTag,
     ) -> Option<Packet> {
@@ -342,7 +342,7 @@ impl Registry {
                     self.fail(ctx, seq, ActionFailure::Failed(text));
                     return None;
                 }
-                if packet.get("Response").is_some() {
+                if pending::is_response(&packet) {
                     *response = Some(packet);
                 } else {
                     events.push(packet);
@@ -406,7 +406,7 @@ impl Registry {
             s.pending += 1;
         }
         let seq = self.pending.insert(pending);
-        action.set("ActionID", format!("{ID_PREFIX}{seq}"));
+        action.set("ActionID", pending::wire_id(seq));
         ctx.spawn(
             addr.send(SendAction { action })
                 .into_actor(self)
@@ -474,7 +474,7 @@ impl Registry {
             };
             let mut packet = packet;
             let mut restored = None;
-            if let Some(seq) = self.pending.lookup(packet.action_id()) {
+            if let Some(seq) = self.pending.lookup(msg.server_id, packet.action_id()) {
                 // Keep wire order for everyone: what came before this reply goes out first.
                 let before = std::mem::take(&mut batch);
                 self.broadcast(ctx, msg.server_id, &before);

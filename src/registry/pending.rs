@@ -1,15 +1,25 @@
-//! Actions in flight: the ActionIDs amihub wrote upstream (`amihub.<n>`), who asked, and how far
-//! each reply has got (response, list items, `…Complete`, an async Originate's result).
+//! Actions in flight: the ActionIDs amihub wrote upstream (`amihub.<32 hex digits>`, random per
+//! action), which server each went to, who asked, and how far each reply has got (response, list
+//! items, `…Complete`, an async Originate's result).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::ami::Packet;
+use crate::ami::{Packet, PacketKind};
 
 /// Prefix of the ActionIDs amihub writes for client actions.
 pub const ID_PREFIX: &str = "amihub.";
+
+/// The key of one action in flight, and the random part of its upstream ActionID: 128 bits from
+/// the thread's CSPRNG, so a PBX cannot guess another PBX's ids (they were sequential).
+pub type Token = u128;
+
+/// The ActionID written upstream for `token`.
+pub fn wire_id(token: Token) -> String {
+    format!("{ID_PREFIX}{token:032x}")
+}
 /// How long an async Originate's `OriginateResponse` is awaited after its response.
 const ORIGINATE_WAIT: Duration = Duration::from_secs(120);
 
@@ -79,9 +89,7 @@ impl Pending {
         timeout: Duration,
     ) -> Pending {
         let async_originate = action.name().eq_ignore_ascii_case("Originate")
-            && action
-                .get("Async")
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "1"));
+            && action.get("Async").is_some_and(crate::ami::ast_true);
         Pending {
             reply,
             server_id,
@@ -95,10 +103,8 @@ impl Pending {
     }
 
     /// The id the client sees: its own, or the one amihub generated.
-    pub fn shown_id(&self, seq: u64) -> String {
-        self.client_id
-            .clone()
-            .unwrap_or_else(|| format!("{ID_PREFIX}{seq}"))
+    pub fn shown_id(&self, token: Token) -> String {
+        self.client_id.clone().unwrap_or_else(|| wire_id(token))
     }
 
     pub fn session(&self) -> Option<u64> {
@@ -112,7 +118,7 @@ impl Pending {
     /// (an event that merely carries the id, like UserEvent: a broadcast), else whether the
     /// reply is now complete.
     pub fn absorb(&mut self, packet: &Packet) -> Option<bool> {
-        let is_response = packet.get("Response").is_some();
+        let is_response = is_response(packet);
         let event = packet.event().unwrap_or("");
         let targeted =
             is_response || self.list || (self.async_originate && event == "OriginateResponse");
@@ -144,28 +150,44 @@ impl Pending {
     }
 }
 
+/// True for the response to an action: a packet whose first header is `Response`. An event
+/// may carry a `Response` header of its own (`OriginateResponse` does, capture 10): that is
+/// still an event.
+pub fn is_response(packet: &Packet) -> bool {
+    packet.kind() == PacketKind::Response
+}
+
 /// The table of actions in flight.
 #[derive(Default)]
 pub struct PendingTable {
-    pub map: HashMap<u64, Pending>,
-    next_seq: u64,
+    pub map: HashMap<Token, Pending>,
 }
 
 impl PendingTable {
-    /// Registers an action; returns its sequence number (the upstream id is `amihub.<seq>`).
-    pub fn insert(&mut self, p: Pending) -> u64 {
-        self.next_seq += 1;
-        self.map.insert(self.next_seq, p);
-        self.next_seq
+    /// Registers an action under a fresh random token (its upstream id is [`wire_id`]).
+    pub fn insert(&mut self, p: Pending) -> Token {
+        loop {
+            let token: Token = rand::random();
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.map.entry(token) {
+                slot.insert(p);
+                return token;
+            }
+        }
     }
 
-    /// The sequence number of an upstream ActionID if it is one of ours and still pending.
-    pub fn lookup(&self, action_id: Option<&str>) -> Option<u64> {
-        let seq = action_id?.strip_prefix(ID_PREFIX)?.parse::<u64>().ok()?;
-        self.map.contains_key(&seq).then_some(seq)
+    /// The token of an ActionID that `server_id` sent back, if it is one of ours, still pending,
+    /// and its action went to that server: a PBX can only answer what was sent to it.
+    pub fn lookup(&self, server_id: u32, action_id: Option<&str>) -> Option<Token> {
+        let hex = action_id?.strip_prefix(ID_PREFIX)?;
+        if hex.len() != 32 {
+            return None;
+        }
+        let token = Token::from_str_radix(hex, 16).ok()?;
+        let p = self.map.get(&token)?;
+        (p.server_id == server_id).then_some(token)
     }
 
-    pub fn expired(&self, now: Instant) -> Vec<u64> {
+    pub fn expired(&self, now: Instant) -> Vec<Token> {
         self.map
             .iter()
             .filter(|(_, p)| p.deadline <= now)
@@ -229,12 +251,42 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_ours_only_while_pending() {
+    fn originate_response_with_its_own_response_header_completes() {
+        // The shape Asterisk 22 writes (capture 10): the event repeats `Response: Success`.
+        let mut x = pending(Action::new("Originate").header("Async", "yes"));
+        assert_eq!(x.absorb(&p(&[("Response", "Success")])), Some(false));
+        let event = p(&[
+            ("Event", "OriginateResponse"),
+            ("Privilege", "call,all"),
+            ("ActionID", "amihub.1"),
+            ("Response", "Success"),
+            ("Reason", "4"),
+        ]);
+        assert!(!is_response(&event));
+        assert_eq!(x.absorb(&event), Some(true));
+    }
+
+    #[test]
+    fn ids_are_ours_only_while_pending_and_only_from_their_server() {
         let mut t = PendingTable::default();
         let seq = t.insert(pending(Action::new("Ping")));
-        assert_eq!(t.lookup(Some(&format!("amihub.{seq}"))), Some(seq));
-        assert_eq!(t.lookup(Some("amihub.999")), None);
-        assert_eq!(t.lookup(Some("client-1")), None);
-        assert_eq!(t.lookup(None), None);
+        let id = wire_id(seq);
+        assert_eq!(t.lookup(1, Some(&id)), Some(seq));
+        assert_eq!(t.lookup(2, Some(&id)), None, "another server's reply");
+        assert_eq!(t.lookup(1, Some("amihub.1")), None);
+        assert_eq!(t.lookup(1, Some(&id.to_uppercase())), None);
+        assert_eq!(t.lookup(1, Some("client-1")), None);
+        assert_eq!(t.lookup(1, None), None);
+        t.map.clear();
+        assert_eq!(t.lookup(1, Some(&id)), None);
+    }
+
+    #[test]
+    fn ids_are_random_not_sequential() {
+        let mut t = PendingTable::default();
+        let a = t.insert(pending(Action::new("Ping")));
+        let b = t.insert(pending(Action::new("Ping")));
+        assert_ne!(a.abs_diff(b), 1);
+        assert_eq!(wire_id(a).len(), ID_PREFIX.len() + 32);
     }
 }

@@ -75,12 +75,7 @@ pub(crate) fn parse_mask(value: Option<&str>) -> u32 {
 
 /// Asterisk's `ast_true`.
 pub(crate) fn is_true(value: Option<&str>) -> bool {
-    value.is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "yes" | "true" | "y" | "t" | "1" | "on"
-        )
-    })
+    value.is_some_and(crate::ami::ast_true)
 }
 
 /// One AMI packet being written: headers in order, then the blank line on `finish`.

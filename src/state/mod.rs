@@ -4,7 +4,8 @@
 //! After every (re)login the caller forgets everything ([`PbxState::reset`]), sends
 //! [`snapshot_actions`] and feeds every packet to [`PbxState::apply`]: the list items of those
 //! answers and the live events build the same model. Layout: `channels` (channels and bridges),
-//! `queues` (queues, members, callers), `devices` (endpoints and device states).
+//! `queues` (queues, members, callers), `devices` (endpoints and device states), `quality`
+//! (RTCP loss, jitter, round trip and MOS per call and per endpoint).
 //!
 //! Invariants: this module is pure — no actix, sockets or clocks; time comes in as `now_ms`
 //! (milliseconds since the Unix epoch). Every map is capped, so a misbehaving PBX cannot grow it
@@ -12,6 +13,7 @@
 
 mod channels;
 mod devices;
+pub(crate) mod quality;
 mod queues;
 
 #[cfg(test)]
@@ -20,6 +22,7 @@ mod tests;
 use serde_json::{json, Value};
 
 use crate::ami::{Action, Packet};
+pub use quality::{endpoint_of, mos, rtt_from_lsr, sample_from, Direction, Sample};
 
 /// Most channels held: far above any single Asterisk's practical load.
 pub const MAX_CHANNELS: usize = 100_000;
@@ -42,6 +45,7 @@ pub struct PbxState {
     calls: channels::Calls,
     queues: queues::Queues,
     devices: devices::Devices,
+    quality: quality::Quality,
 }
 
 impl PbxState {
@@ -65,13 +69,17 @@ impl PbxState {
             _ => return false,
         };
         let (c, q, d) = (&mut self.calls, &mut self.queues, &mut self.devices);
+        let quality = &mut self.quality;
         match event {
             "Newchannel" => c.new_channel(p, now_ms),
             "CoreShowChannel" => c.listed_channel(p, now_ms),
             "Newstate" | "NewCallerid" | "NewConnectedLine" => c.update_channel(p, false),
             "Newexten" => c.update_channel(p, true),
             "Rename" => c.rename(p),
-            "Hangup" => c.hangup(p),
+            "Hangup" => {
+                let call = c.hangup(p);
+                quality.hangup(p) || call
+            }
             "BridgeCreate" | "BridgeListItem" => c.bridge_seen(p, now_ms),
             "BridgeEnter" => c.bridge_enter(p, now_ms),
             "BridgeLeave" => c.bridge_leave(p),
@@ -93,6 +101,7 @@ impl PbxState {
             "PeerEntry" => d.peer_entry(p),
             "PeerStatus" => d.peer_status(p),
             "ContactStatus" => d.contact_status(p),
+            "RTCPSent" | "RTCPReceived" => quality.rtcp(p, now_ms),
             _ => false,
         }
     }
@@ -105,6 +114,7 @@ impl PbxState {
             "queues": self.queues.to_json(now_ms),
             "endpoints": self.devices.endpoints_json(),
             "device_states": self.devices.states_json(),
+            "quality": self.quality.to_json(now_ms),
         })
     }
 
@@ -123,7 +133,7 @@ impl PbxState {
     /// Total entries held (channels, bridges, queues, members, callers, endpoints, device
     /// states), for bounding memory.
     pub fn len(&self) -> usize {
-        self.calls.len() + self.queues.len() + self.devices.len()
+        self.calls.len() + self.queues.len() + self.devices.len() + self.quality.len()
     }
 
     /// True when nothing is held.
@@ -168,12 +178,4 @@ fn set_val<T: PartialEq>(dst: &mut T, value: T) -> bool {
         *dst = value;
         true
     }
-}
-
-/// Asterisk's `ast_true` for flags such as `Paused` and `InCall`.
-fn is_true(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "yes" | "true" | "y" | "t" | "on"
-    )
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{is_true, set, set_val, MAX_CALLERS, MAX_MEMBERS, MAX_QUEUES};
+use super::{set, set_val, MAX_CALLERS, MAX_MEMBERS, MAX_QUEUES};
 use crate::ami::Packet;
 
 #[derive(Debug, Clone, Default)]
@@ -115,10 +115,10 @@ impl Queues {
             | set(&mut m.calls_taken, p.get("CallsTaken"))
             | set(&mut m.status, p.get("Status"));
         if let Some(v) = p.get("InCall") {
-            changed |= set_val(&mut m.in_call, is_true(v));
+            changed |= set_val(&mut m.in_call, crate::ami::ast_true(v));
         }
         if let Some(v) = p.get("Paused") {
-            changed |= set_val(&mut m.paused, is_true(v));
+            changed |= set_val(&mut m.paused, crate::ami::ast_true(v));
         }
         let reason = p.get("PausedReason").or_else(|| p.get("Reason"));
         match reason {

@@ -78,6 +78,23 @@ async fn originate_then_hangup_keeps_lists_consistent() {
         (Some("o1"), Some("Success"), Some("4"))
     );
     assert_eq!(p.get("CallerIDNum"), Some("5551000"));
+    // Exactly Asterisk 22's shape (capture 10): the same headers in the same order, the same
+    // values apart from the time, the call's ids and the Wait duration.
+    let recorded = captured_originate_response();
+    let names =
+        |p: &crate::ami::Packet| p.headers().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&p), names(&recorded));
+    for h in [
+        "Event",
+        "Privilege",
+        "Response",
+        "Application",
+        "Reason",
+        "CallerIDNum",
+        "CallerIDName",
+    ] {
+        assert_eq!(p.get(h), recorded.get(h), "{h}");
+    }
     let chan = p.get("Channel").expect("channel").to_string();
     c.send(&[("Action", "CoreShowChannels"), ("ActionID", "s1")])
         .await;
@@ -96,6 +113,25 @@ async fn originate_then_hangup_keeps_lists_consistent() {
     let (items, _) = read_list(&mut c, "s2", "CoreShowChannelsComplete").await;
     assert!(items.is_empty());
     assert!(pbx.channels().is_empty());
+}
+
+/// The `OriginateResponse` a real Asterisk 22 wrote for an async Originate (capture 10).
+fn captured_originate_response() -> crate::ami::Packet {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/integration/captures/10_originate_local100_async.txt"
+    );
+    let bytes = std::fs::read(path).expect("capture 10");
+    let mut rest = &bytes[..];
+    while let Some((end, next)) = crate::ami::find_frame_end(rest) {
+        let p = crate::ami::parse_packet(&rest[..end], &crate::ami::Limits::default())
+            .expect("capture packet");
+        if p.event() == Some("OriginateResponse") {
+            return p;
+        }
+        rest = &rest[next..];
+    }
+    panic!("capture 10 has no OriginateResponse");
 }
 
 #[tokio::test]

@@ -1,10 +1,11 @@
 //! Tests of the state model: `captures` replays real Asterisk captures; `calls`, `queues` and
 //! `model` drive single events (bridges and channels; callers and members; endpoints, caps and
-//! reset); `sim` checks the live model against the simulator's own list answers.
+//! reset); `quality` checks the RTCP figures; `sim` checks the live model against the simulator's own list answers.
 
 mod calls;
 mod captures;
 mod model;
+mod quality;
 mod queues;
 mod sim;
 

@@ -107,7 +107,8 @@ fn reset_then_replayed_snapshot_items_rebuild_the_same_state() {
     assert!(s.is_empty());
     assert_eq!(
         s.snapshot(0),
-        json!({"channels": [], "bridges": [], "queues": [], "endpoints": [], "device_states": {}})
+        json!({"channels": [], "bridges": [], "queues": [], "endpoints": [], "device_states": {},
+            "quality": {"calls": {}, "endpoints": {}}})
     );
     for p in &items {
         s.apply(p, now);
