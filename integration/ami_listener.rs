@@ -310,6 +310,31 @@ async fn a_viewers_originate_is_refused_and_never_reaches_the_pbx() {
     assert!(metric(&hub, "amihub_actions_refused_total").await >= 1);
 }
 
+/// The hardening rule applies here too: `Status` with `Variables` makes Asterisk evaluate them
+/// (AST_CONFIG reads manager.conf), so a read-only user may not send it.
+#[tokio::test]
+async fn a_viewers_status_with_variables_is_refused_and_never_reaches_the_pbx() {
+    let (hub, sim) = hub_with_one("").await;
+    let mut seen = sim.actions();
+    let mut c = AmiClient::connect(hub.ami_addr()).await;
+    c.login("viewer", VIEWER_TOKEN, "off").await;
+    c.send("Action: Status\r\nActionID: s1\r\nVariables: AST_CONFIG(manager.conf,admin,secret)\r\n\r\n")
+        .await;
+    let reply = c.packet().await;
+    assert!(
+        reply.starts_with("Response: Error\r\nActionID: s1\r\nMessage: Header Variables of Status is not permitted"),
+        "{reply}"
+    );
+    c.send("Action: Status\r\nActionID: s2\r\n\r\n").await;
+    let (done, _) = c
+        .packet_where(|p| header(p, "Event") == Some("StatusComplete"))
+        .await;
+    assert_eq!(header(&done, "ActionID"), Some("s2"));
+    while let Ok(p) = seen.try_recv() {
+        assert!(p.get("Variables").is_none(), "reached the PBX: {p:?}");
+    }
+}
+
 #[tokio::test]
 async fn actions_are_routed_by_server_header_default_or_refused_naming_the_choices() {
     let (s1, s2) = (sim("east").await, sim("west").await);

@@ -316,3 +316,115 @@ async fn a_hostile_pbx_spraying_guessed_action_ids_reaches_no_other_server_s_use
         ops.seen
     );
 }
+
+const VIEWER: &str = "viewer-token-0123456789abcdef";
+const READER: &str = "reader-token-0123456789abcdef";
+
+/// Every action the PBX received up to a marker Ping that `c` sends (the only client Ping).
+async fn actions_until_marker(
+    rx: &mut tokio::sync::broadcast::Receiver<Packet>,
+    c: &mut Client,
+    marker: &str,
+) -> Vec<Packet> {
+    c.send_json(json!({"Action":"Ping","ActionID":marker,"AMIServerID":1}))
+        .await;
+    c.wait_for("the marker's response", |v| v["data"]["ActionID"] == marker)
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        let p = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("the marker reaches the PBX")
+            .expect("action");
+        let marker = p.get("Action") == Some("Ping")
+            && p.action_id().is_some_and(|i| i.starts_with("amihub."));
+        seen.push(p);
+        if marker {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn status_variables_need_the_getvar_right() {
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&format!(
+        "{}[[users]]\nname = \"viewer\"\ntoken = \"{VIEWER}\"\n\
+         [[users]]\nname = \"reader\"\ntoken = \"{READER}\"\nactions = [\"Status\", \"Getvar\", \"Ping\"]\n",
+        server_toml(1, "pbx1", &pbx, "admin", "secret", "ping_interval_s = 3600"),
+    ));
+    let mut viewer = Client::connect(&hub.ws_url(&format!("/ws?token={VIEWER}"))).await;
+    viewer
+        .wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    let mut rx = pbx.actions();
+    let secret = "AST_CONFIG(manager.conf,admin,secret)";
+    let tricks = [
+        json!({"Action":"Status","ActionID":"s1","AMIServerID":1,"Variables":secret}),
+        json!({"Action":"status","ActionID":"s2","AMIServerID":1,"variables":["CHANNEL(name)",secret]}),
+        json!({"Action":"Status","ActionID":"s3","AMIServerID":1,"AllVariables":true}),
+        json!({"Action":"Status","ActionID":"s4","AMIServerID":1,"Channel":"x","VARIABLES":"ENV(HOME)"}),
+    ];
+    for t in &tricks {
+        viewer.send_json(t.clone()).await;
+        let id = t["ActionID"].as_str().unwrap_or("");
+        let r = viewer.wait_for(id, |v| v["data"]["ActionID"] == id).await;
+        assert_eq!(r["type"], 8, "{r}");
+        assert_eq!(r["data"]["Response"], "Error", "{r}");
+        let msg = r["data"]["Message"].as_str().unwrap_or("");
+        assert!(msg.contains("Getvar") && msg.contains("viewer"), "{msg}");
+    }
+    let auth = format!("Bearer {VIEWER}");
+    for t in &tricks {
+        let (status, body) = hub
+            .http(
+                "POST",
+                "/api/v1/servers/1/actions",
+                &[("Authorization", &auth)],
+                &t.to_string(),
+            )
+            .await;
+        assert_eq!(status, 403, "{t}: {body}");
+        assert!(body.contains("Getvar"), "{body}");
+    }
+    // A plain Status is still read-only, and still works.
+    viewer
+        .send_json(json!({"Action":"Status","ActionID":"plain","AMIServerID":1}))
+        .await;
+    let r = viewer
+        .wait_for("plain Status", |v| v["data"]["ActionID"] == "plain")
+        .await;
+    assert_eq!(r["type"], 4, "{r}");
+    let seen = actions_until_marker(&mut rx, &mut viewer, "marker").await;
+    let statuses: Vec<&Packet> = seen
+        .iter()
+        .filter(|p| {
+            p.get("Action")
+                .is_some_and(|a| a.eq_ignore_ascii_case("Status"))
+        })
+        .collect();
+    assert_eq!(statuses.len(), 1, "{seen:?}");
+    assert!(statuses[0].get("Variables").is_none() && statuses[0].get("AllVariables").is_none());
+
+    // A user who may Getvar may ask Status for variables: the header reaches the PBX.
+    let mut reader = Client::connect(&hub.ws_url(&format!("/ws?token={READER}"))).await;
+    reader
+        .wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    reader
+        .send_json(
+            json!({"Action":"Status","ActionID":"r1","AMIServerID":1,"Variables":"CHANNEL(name)"}),
+        )
+        .await;
+    let r = reader
+        .wait_for("reader's Status", |v| v["data"]["ActionID"] == "r1")
+        .await;
+    assert_eq!(r["type"], 4, "{r}");
+    let seen = actions_until_marker(&mut rx, &mut reader, "marker2").await;
+    assert!(
+        seen.iter()
+            .any(|p| p.get("Action") == Some("Status")
+                && p.get("Variables") == Some("CHANNEL(name)")),
+        "{seen:?}"
+    );
+}

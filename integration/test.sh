@@ -24,3 +24,4 @@ echo "== cargo clippy -D warnings"
 cargo clippy --release --all-targets -- -D warnings
 echo "== cargo test (release: the scenarios push real traffic)"
 cargo test --release
+bash integration/docker/smoke.sh # Docker image: build, demo, probes, compose (SKIPs where Docker cannot run)

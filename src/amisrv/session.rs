@@ -17,7 +17,7 @@ use super::login::{self, PreLogin, Step};
 use super::render::render_reply;
 use super::writer::{Out, WriterEnd};
 use crate::ami::{Action, Frame, Limits, Packet};
-use crate::auth::{AmiUser, Authenticator};
+use crate::auth::{ActionRefused, AmiUser, Authenticator};
 use crate::config::{AmiListenerSettings, LimitSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::registry::session::{CloseSession, Deliver, Format, SessionIo, TokenBucket};
@@ -263,15 +263,6 @@ impl AmiSession {
     /// An action for a PBX: rights, then the target server, then the registry.
     fn forward(&mut self, p: &Packet, name: &str, id: Option<&str>) {
         let Some(user) = &self.user else { return };
-        if !user.identity.rights.may_send(name) {
-            Metrics::inc(&self.shared.metrics.actions_refused_total);
-            log::warn!(
-                "ami session {} (user {}): refused action {name} (not permitted)",
-                self.id,
-                user.identity.name
-            );
-            return self.error(id, login::DENIED);
-        }
         let mut action = Action::new(name);
         let mut server = None;
         for (header, value) in p.headers() {
@@ -282,6 +273,21 @@ impl AmiSession {
             {
                 action.push(header, value);
             }
+        }
+        // The same rule as every front end: the action's name, and the Getvar right for headers
+        // Asterisk evaluates. A refused name gets Asterisk's own words.
+        if let Err(refused) = user.identity.rights.check_action(&action) {
+            Metrics::inc(&self.shared.metrics.actions_refused_total);
+            log::warn!(
+                "ami session {} (user {}): refused action {name} (not permitted): {refused}",
+                self.id,
+                user.identity.name
+            );
+            let message = match refused {
+                ActionRefused::Action(_) => login::DENIED.to_string(),
+                other => other.to_string(),
+            };
+            return self.error(id, &message);
         }
         let target = match server.or_else(|| user.default_server.clone()) {
             Some(name) => Target::Named(name),

@@ -3,6 +3,7 @@
 //! the HTTP layer calls [`Authenticator::authenticate`] and hands the [`Identity`] on.
 
 pub mod digest;
+pub mod expressions;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use argon2::Argon2;
 use base64::Engine;
 
+use crate::ami::Action;
 use crate::config::{Settings, UserSettings};
 
 /// Actions a user may send when `actions` is not configured: read-only, no side effects on calls,
@@ -128,6 +130,41 @@ impl Rights {
     pub fn may_see_event(&self, event: &str) -> bool {
         self.events.allows(event)
     }
+
+    /// Whether this user may send `action` as written: its name must be allowed, and a header
+    /// Asterisk evaluates as variables or functions needs the Getvar right too (see
+    /// [`expressions`]). Every front end that sends actions asks this.
+    pub fn check_action(&self, action: &Action) -> Result<(), ActionRefused> {
+        let name = action.name();
+        if !self.may_send(name) {
+            return Err(ActionRefused::Action(name.to_string()));
+        }
+        match expressions::evaluated_header(action) {
+            Some(header) if !self.may_send(expressions::NEEDED_RIGHT) => {
+                Err(ActionRefused::Evaluates {
+                    action: name.to_string(),
+                    header,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a user may not send an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionRefused {
+    #[error("Action {0} is not permitted")]
+    Action(String),
+    #[error(
+        "Header {header} of {action} is not permitted: Asterisk evaluates variables and \
+         dialplan functions in it, which needs the {} right",
+        expressions::NEEDED_RIGHT
+    )]
+    Evaluates {
+        action: String,
+        header: &'static str,
+    },
 }
 
 /// An authenticated caller.

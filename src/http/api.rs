@@ -81,21 +81,14 @@ pub async fn post_action(
             "Login, Logoff and Challenge are handled by amihub",
         );
     }
-    if !who.rights.may_send(&name) {
+    if let Err(refused) = who.rights.check_action(&action) {
         Metrics::inc(&state.metrics.actions_refused_total);
         log::warn!(
-            "HTTP user {}: refused action {} (not permitted)",
+            "HTTP user {}: refused action {} (not permitted): {refused}",
             who.name,
             action.name()
         );
-        return error(
-            S::FORBIDDEN,
-            &format!(
-                "action {} is not permitted for user {}",
-                action.name(),
-                who.name
-            ),
-        );
+        return error(S::FORBIDDEN, &format!("{refused} for user {}", who.name));
     }
     let timeout_s = req
         .query_string()

@@ -5,12 +5,14 @@
 //! [`snapshot_actions`] and feeds every packet to [`PbxState::apply`]: the list items of those
 //! answers and the live events build the same model. Layout: `channels` (channels and bridges),
 //! `queues` (queues, members, callers), `devices` (endpoints and device states), `quality`
-//! (RTCP loss, jitter, round trip and MOS per call and per endpoint).
+//! (RTCP loss, jitter, round trip and MOS per call and per endpoint), `changes` (each endpoint's
+//! log of status, address, user-agent, availability and registration changes).
 //!
 //! Invariants: this module is pure — no actix, sockets or clocks; time comes in as `now_ms`
 //! (milliseconds since the Unix epoch). Every map is capped, so a misbehaving PBX cannot grow it
 //! without bound; inserts past a cap are ignored, updates of known entries still apply.
 
+pub(crate) mod changes;
 mod channels;
 mod devices;
 pub(crate) mod quality;
@@ -46,6 +48,7 @@ pub struct PbxState {
     queues: queues::Queues,
     devices: devices::Devices,
     quality: quality::Quality,
+    changes: changes::Changes,
 }
 
 impl PbxState {
@@ -70,7 +73,9 @@ impl PbxState {
         };
         let (c, q, d) = (&mut self.calls, &mut self.queues, &mut self.devices);
         let quality = &mut self.quality;
-        match event {
+        // Endpoint health changes are logged beside the devices model, never instead of it.
+        let logged = self.changes.apply(event, p, now_ms);
+        let changed = match event {
             "Newchannel" => c.new_channel(p, now_ms),
             "CoreShowChannel" => c.listed_channel(p, now_ms),
             "Newstate" | "NewCallerid" | "NewConnectedLine" => c.update_channel(p, false),
@@ -96,14 +101,15 @@ impl PbxState {
             "AgentCalled" | "AgentConnect" | "AgentComplete" | "AgentRingNoAnswer" => {
                 q.agent(event, p)
             }
-            "DeviceStateChange" => d.device_state(p),
             "EndpointList" => d.endpoint_list(p),
             "PeerEntry" => d.peer_entry(p),
+            "DeviceStateChange" => d.device_state(p),
             "PeerStatus" => d.peer_status(p),
             "ContactStatus" => d.contact_status(p),
             "RTCPSent" | "RTCPReceived" => quality.rtcp(p, now_ms),
             _ => false,
-        }
+        };
+        changed || logged
     }
 
     /// The whole state as JSON; durations and waits are computed against `now_ms`.
@@ -115,6 +121,7 @@ impl PbxState {
             "endpoints": self.devices.endpoints_json(),
             "device_states": self.devices.states_json(),
             "quality": self.quality.to_json(now_ms),
+            "endpoint_changes": self.changes.to_json(),
         })
     }
 
@@ -133,7 +140,11 @@ impl PbxState {
     /// Total entries held (channels, bridges, queues, members, callers, endpoints, device
     /// states), for bounding memory.
     pub fn len(&self) -> usize {
-        self.calls.len() + self.queues.len() + self.devices.len() + self.quality.len()
+        self.calls.len()
+            + self.queues.len()
+            + self.devices.len()
+            + self.quality.len()
+            + self.changes.len()
     }
 
     /// True when nothing is held.

@@ -148,27 +148,25 @@ impl WsSession {
                 }));
                 ctx.stop();
             }
-            name if !self.identity.rights.may_send(name) => {
-                Metrics::inc(&self.metrics.actions_refused_total);
-                log::warn!(
-                    "session {} (user {}): refused action {} (not permitted)",
-                    self.id,
-                    self.identity.name,
-                    action.name()
-                );
-                let msg = format!(
-                    "Action {} is not permitted for user {}",
-                    action.name(),
-                    self.identity.name
-                );
-                self.error(ctx, &msg, id);
-            }
-            _ => self.registry.do_send(ClientRequest {
-                session: self.id,
-                action,
-                target: server.map_or(Target::Every, Target::Id),
-                client_id,
-            }),
+            _ => match self.identity.rights.check_action(&action) {
+                Err(refused) => {
+                    Metrics::inc(&self.metrics.actions_refused_total);
+                    log::warn!(
+                        "session {} (user {}): refused action {} (not permitted): {refused}",
+                        self.id,
+                        self.identity.name,
+                        action.name()
+                    );
+                    let msg = format!("{refused} for user {}", self.identity.name);
+                    self.error(ctx, &msg, id);
+                }
+                Ok(()) => self.registry.do_send(ClientRequest {
+                    session: self.id,
+                    action,
+                    target: server.map_or(Target::Every, Target::Id),
+                    client_id,
+                }),
+            },
         }
     }
 }

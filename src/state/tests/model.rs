@@ -108,7 +108,7 @@ fn reset_then_replayed_snapshot_items_rebuild_the_same_state() {
     assert_eq!(
         s.snapshot(0),
         json!({"channels": [], "bridges": [], "queues": [], "endpoints": [], "device_states": {},
-            "quality": {"calls": {}, "endpoints": {}}})
+            "quality": {"calls": {}, "endpoints": {}}, "endpoint_changes": {}})
     );
     for p in &items {
         s.apply(p, now);
@@ -172,7 +172,8 @@ fn caps_hold() {
     assert_eq!(s.queue_count(), MAX_QUEUES);
     assert_eq!(
         s.len(),
-        MAX_QUEUES + MAX_MEMBERS + MAX_DEVICES + crate::state::MAX_ENDPOINTS
+        // Endpoints, and their health change logs, are each capped at MAX_ENDPOINTS.
+        MAX_QUEUES + MAX_MEMBERS + MAX_DEVICES + 2 * crate::state::MAX_ENDPOINTS
     );
     // Known entries still update past the caps.
     let m = [

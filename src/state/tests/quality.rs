@@ -156,3 +156,120 @@ fn calls_keep_a_bounded_series_and_endpoints_a_window_after_hangup() {
         0
     );
 }
+
+#[test]
+fn endpoint_changes_log_user_agent_address_and_reachability() {
+    let mut state = PbxState::new();
+    let contact = |status: &str, uri: &str, ua: &str| {
+        pkt(&[
+            ("Event", "ContactStatus"),
+            ("URI", uri),
+            ("ContactStatus", status),
+            ("AOR", "777"),
+            ("EndpointName", "777"),
+            ("RoundtripUsec", "0"),
+            ("UserAgent", ua),
+        ])
+    };
+    assert!(state.apply(
+        &contact("Created", "sip:777@192.0.2.10:5060", "Linphone/5.2"),
+        1
+    ));
+    assert!(state.apply(
+        &contact("Reachable", "sip:777@192.0.2.10:5060", "Linphone/5.2"),
+        2
+    ));
+    // The same again changes nothing.
+    assert!(!state.apply(
+        &contact("Reachable", "sip:777@192.0.2.10:5060", "Linphone/5.2"),
+        3
+    ));
+    assert!(state.apply(
+        &contact("Reachable", "sip:777@198.51.100.4:5062;ob", "Zoiper rv2.10"),
+        4
+    ));
+    assert!(state.apply(
+        &pkt(&[
+            ("Event", "DeviceStateChange"),
+            ("Device", "PJSIP/777"),
+            ("State", "UNAVAILABLE")
+        ]),
+        5
+    ));
+    // A busy/idle flip of an available device is not a health change.
+    state.apply(
+        &pkt(&[
+            ("Event", "DeviceStateChange"),
+            ("Device", "PJSIP/777"),
+            ("State", "INUSE"),
+        ]),
+        6,
+    );
+    state.apply(
+        &pkt(&[
+            ("Event", "DeviceStateChange"),
+            ("Device", "PJSIP/777"),
+            ("State", "NOT_INUSE"),
+        ]),
+        7,
+    );
+    let snap = state.snapshot(10);
+    let ep = &snap["endpoint_changes"]["PJSIP/777"];
+    assert_eq!(ep["user_agent"], "Zoiper rv2.10");
+    assert_eq!(ep["address"], "198.51.100.4:5062");
+    let changes: Vec<(String, String, String)> = ep["changes"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (s("field"), s("from"), s("to"))
+        })
+        .collect();
+    let expect = |f: &str, a: &str, b: &str| (f.to_owned(), a.to_owned(), b.to_owned());
+    assert_eq!(
+        changes,
+        [
+            expect("status", "", "Created"),
+            expect("address", "", "192.0.2.10:5060"),
+            expect("user_agent", "", "Linphone/5.2"),
+            expect("status", "Created", "Reachable"),
+            expect("address", "192.0.2.10:5060", "198.51.100.4:5062"),
+            expect("user_agent", "Linphone/5.2", "Zoiper rv2.10"),
+            expect("device", "", "UNAVAILABLE"),
+            expect("device", "UNAVAILABLE", "AVAILABLE"),
+        ]
+    );
+    // The devices model still saw the same events.
+    assert!(!snap["device_states"]
+        .as_object()
+        .expect("states")
+        .is_empty());
+}
+
+#[test]
+fn the_change_log_is_bounded() {
+    let mut state = PbxState::new();
+    for i in 0..(crate::state::changes::CHANGES_PER_ENDPOINT + 20) {
+        let status = if i % 2 == 0 {
+            "Reachable"
+        } else {
+            "Unreachable"
+        };
+        state.apply(
+            &pkt(&[
+                ("Event", "PeerStatus"),
+                ("Peer", "SIP/100"),
+                ("PeerStatus", status),
+            ]),
+            i as u64,
+        );
+    }
+    let snap = state.snapshot(0);
+    assert_eq!(
+        snap["endpoint_changes"]["SIP/100"]["changes"]
+            .as_array()
+            .map(Vec::len),
+        Some(crate::state::changes::CHANGES_PER_ENDPOINT)
+    );
+}
