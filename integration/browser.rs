@@ -9,6 +9,9 @@
 //!   so.
 //! - `dashboard_over_tls_with_token`: the same page over HTTPS (self-signed certificate) with a
 //!   token: the WebSocket must be wss:// with `?token=`, the fetches Bearer.
+//! - `a_foreign_page_cannot_post_actions_with_the_users_credentials` (CSRF) and
+//!   `browser_logins_work_for_argon2_and_htdigest_users_alike`: `integration/browser/hostile.mjs`
+//!   against the real binary (see that script).
 //! - `dashboard_state_model`: `web_root/state.js` (snapshot + live events → calls, queues,
 //!   endpoints) under node's test runner.
 //! - `demo_dashboard_and_screenshot`: `amihub --demo`; both servers Connected, events, calls and
@@ -135,9 +138,15 @@ impl Steps for NoSteps {
 
 /// Runs `dashboard.mjs` with `env`, answering its steps; panics with its output if it fails.
 async fn run_browser(env: &[(&str, String)], steps: &mut impl Steps) {
+    run_node("dashboard.mjs", env, steps).await;
+}
+
+/// Runs `script` (in integration/browser) with `env`, answering its steps; panics with its
+/// output if it fails.
+async fn run_node(script: &str, env: &[(&str, String)], steps: &mut impl Steps) {
     let started = Instant::now();
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(browser_dir().join("dashboard.mjs"))
+    cmd.arg(browser_dir().join(script))
         .current_dir(browser_dir())
         .env("CHROMIUM", chromium())
         .env("ARTIFACTS", root().join("target").join("browser-artifacts"))
@@ -432,6 +441,96 @@ async fn demo_dashboard_and_screenshot() {
         "no PNG screenshot at {}",
         screenshot.display()
     );
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// CSRF: a page on another origin, in a browser that holds the user's Basic credentials, tries a
+/// `no-cors` fetch with a text/plain Originate and a text/plain form POST (`hostile.mjs`).
+/// Only the user's own same-origin JSON Ping may reach the PBX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_page_cannot_post_actions_with_the_users_credentials() {
+    preflight();
+    let pbx = SimPbx::start("127.0.0.1:0", sim_config("pbx-one"))
+        .await
+        .expect("start simulator");
+    let hash = amihub::auth::hash_password("alice-pass").expect("hash");
+    let hub = Amihub::start(&format!(
+        "[[users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\nactions = [\"*\"]\n\n{}",
+        server_toml(
+            1,
+            "pbx-one",
+            &pbx,
+            "admin",
+            "secret",
+            "ping_interval_s = 3600"
+        ),
+    ));
+    support::wait_connected_as(hub.addr, &basic("alice", "alice-pass")).await;
+    let mut rx = pbx.actions();
+    run_node(
+        "hostile.mjs",
+        &[
+            ("AMIHUB_URL", format!("http://{}/", hub.addr)),
+            ("AMIHUB_USER", "alice".to_string()),
+            ("AMIHUB_PASS", "alice-pass".to_string()),
+            ("SCENARIO", "csrf".to_string()),
+        ],
+        &mut NoSteps,
+    )
+    .await;
+    let mut reached = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        if p.get("ActionID").is_some_and(|i| i.starts_with("amihub.")) {
+            reached.push(p.get("Action").unwrap_or("?").to_string());
+        }
+    }
+    assert_eq!(
+        reached,
+        vec!["Ping".to_string()],
+        "the foreign page's requests reached the PBX"
+    );
+}
+
+/// With an htdigest file beside argon2 users, Chromium answering amihub's own challenge logs in
+/// users of either source (it picks Digest whenever Digest is offered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_logins_work_for_argon2_and_htdigest_users_alike() {
+    preflight();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let htdigest = dir.path().join("htdigest");
+    let ha1 = {
+        use md5::{Digest, Md5};
+        let h = Md5::digest(b"dana:amiws:d4na-pass");
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    std::fs::write(&htdigest, format!("dana:amiws:{ha1}\n")).expect("write htdigest");
+    let hash = amihub::auth::hash_password("argon-pass").expect("hash");
+    let hub = Amihub::start(&format!(
+        "auth_file = \"{}\"\nauth_domain = \"amiws\"\n\n\
+         [[users]]\nname = \"ari\"\npassword_hash = \"{hash}\"\n",
+        htdigest.display()
+    ));
+    for (user, pass) in [("ari", "argon-pass"), ("dana", "d4na-pass")] {
+        run_node(
+            "hostile.mjs",
+            &[
+                ("AMIHUB_URL", format!("http://{}/", hub.addr)),
+                ("AMIHUB_USER", user.to_string()),
+                ("AMIHUB_PASS", pass.to_string()),
+                ("SCENARIO", "login".to_string()),
+            ],
+            &mut NoSteps,
+        )
+        .await;
+    }
 }
 
 /// The dashboard's state model (`web_root/state.js`) under node's test runner.

@@ -149,7 +149,12 @@ async fn an_async_originate_replayed_from_asterisk_completes_over_http() {
     hub.wait_status(1, "Connected").await;
     let body = originate("crm-1").to_string();
     let (status, text) = hub
-        .http("POST", "/api/v1/servers/1/actions?timeout_s=3", &[], &body)
+        .http(
+            "POST",
+            "/api/v1/servers/1/actions?timeout_s=3",
+            &[("Content-Type", "application/json")],
+            &body,
+        )
         .await;
     assert_eq!(status, 200, "{text}");
     let v: Value = serde_json::from_str(&text).expect("json");
@@ -255,7 +260,10 @@ async fn a_hostile_pbx_spraying_guessed_action_ids_reaches_no_other_server_s_use
             addr,
             "POST",
             "/api/v1/servers/1/actions",
-            &[("Authorization", &auth)],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             r#"{"Action":"CoreShowChannels","ActionID":"h1"}"#,
         )
         .await
@@ -380,7 +388,10 @@ async fn status_variables_need_the_getvar_right() {
             .http(
                 "POST",
                 "/api/v1/servers/1/actions",
-                &[("Authorization", &auth)],
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
                 &t.to_string(),
             )
             .await;

@@ -250,6 +250,8 @@ pub struct LimitSettings {
     pub action_timeout_s: u64,
     /// Outstanding actions one session may have at once.
     pub max_pending_actions_per_session: usize,
+    /// HTTP actions one user may have waiting for a PBX at once (of 256 for everyone).
+    pub max_http_actions_per_user: usize,
 }
 
 impl Default for LimitSettings {
@@ -263,6 +265,7 @@ impl Default for LimitSettings {
             ws_idle_timeout_s: 60,
             action_timeout_s: 10,
             max_pending_actions_per_session: 256,
+            max_http_actions_per_user: 32,
         }
     }
 }

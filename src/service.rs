@@ -79,6 +79,12 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         metrics,
         auth: Arc::new(RwLock::new(Arc::new(auth))),
         next_session: Arc::new(AtomicU64::new(1)),
+        budget: crate::http::ActionBudget::new(
+            crate::registry::pending::MAX_HTTP_IN_FLIGHT,
+            settings.limits.max_http_actions_per_user,
+        ),
+        passwords: crate::auth::hasher::PasswordPool::for_this_host(),
+        failures: Arc::default(),
     };
     let ami_arbiter = start_ami_listener(&settings, &state)?;
     let server = serve(state.clone(), listener)?;

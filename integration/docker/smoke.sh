@@ -128,15 +128,27 @@ expect_http() { # url code [body-substring]
   [ "$code" = "$2" ] || fail "GET $1 answered $code, expected $2"
   [ -z "${3:-}" ] || [[ "$body" == *"$3"* ]] || fail "GET $1: no '$3' in the answer"
 }
-# A WebSocket handshake over bash's /dev/tcp: 101 with the RFC 6455 accept for this key, then
-# at least one text frame carrying an amihub envelope (the demo's PBXs talk all the time).
+free_port() { # a loopback port nothing listens on
+  local p
+  for p in $(shuf -i 20000-40000 -n 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+  fail "no free loopback port"
+}
+# A WebSocket handshake over bash's /dev/tcp with the Origin a browser on the host sends: 101 with
+# the RFC 6455 accept for this key, then at least one text frame carrying an amihub envelope (the
+# demo's PBXs talk all the time). With a second argument (a foreign Origin): 403.
 expect_ws() {
   local port=$1 out
   out=$(
     exec 3<>"/dev/tcp/127.0.0.1/$port"
-    printf 'GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' "$port" >&3
+    printf 'GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nOrigin: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' "$port" "${2:-http://127.0.0.1:$port}" >&3
     timeout 5 head -c 2048 <&3 | tr -d '\000' || true
   )
+  if [ -n "${2:-}" ]; then # a foreign page's Origin: refused
+    [[ "$out" == "HTTP/1.1 403"* ]] || fail "WebSocket from Origin $2 was not refused: ${out%%$'\r'*}"
+    return
+  fi
   [[ "$out" == "HTTP/1.1 101"* ]] || fail "WebSocket upgrade on port $port: ${out%%$'\r'*}"
   [[ "$out" == *"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="* ]] || fail "WebSocket upgrade: wrong Sec-WebSocket-Accept"
   [[ "$out" == *'"server_id":'* ]] || fail "WebSocket: no amihub message within 5 s"
@@ -147,17 +159,20 @@ probe() { # port
   expect_http "http://127.0.0.1:$1/" 200 "<html"
   expect_http "http://127.0.0.1:$1/api/v1/servers" 200 '"name"'
   expect_ws "$1"
+  expect_ws "$1" "http://evil.example"
 }
 
 # ---- docker run: the command docker/README.md documents, hardened as it recommends ------------
 c=amihub-smoke-$$
 containers+=("$c")
+# The browser's origin must be declared: inside the container amihub cannot know the host port.
+port=$(free_port)
 step "docker run $image --demo (read-only, no capabilities, 127.0.0.1 only)"
 docker run -d --name "$c" --read-only --tmpfs /tmp --cap-drop ALL \
-  --security-opt no-new-privileges -p 127.0.0.1::8000 \
-  -e AMIHUB__HTTP__ALLOW_ANONYMOUS_REMOTE=true "$image" --demo >/dev/null
-port=$(docker port "$c" 8000/tcp | sed -n 's/^127\.0\.0\.1:\([0-9]*\)$/\1/p' | head -1)
-[ -n "$port" ] || fail "no 127.0.0.1 port published: $(docker port "$c")"
+  --security-opt no-new-privileges -p "127.0.0.1:$port:8000" \
+  -e AMIHUB__HTTP__ALLOW_ANONYMOUS_REMOTE=true \
+  -e AMIHUB__HTTP__ALLOWED_ORIGINS="http://127.0.0.1:$port,http://localhost:$port" \
+  "$image" --demo >/dev/null
 probe "$port"
 
 status=$(docker exec "$c" cat /proc/1/status)
@@ -188,9 +203,7 @@ step "docker-compose -f docker/compose.yaml build + up"
 compose=(docker-compose -p amihubsmoke -f docker/compose.yaml)
 # A free port on the host's loopback for compose.yaml's "127.0.0.1:${AMIHUB_PORT:-8000}:8000".
 export AMIHUB_PORT
-for AMIHUB_PORT in $(shuf -i 20000-40000 -n 20); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$AMIHUB_PORT") 2>/dev/null || break
-done
+AMIHUB_PORT=$(free_port)
 compose_log=/var/tmp/amihub-smoke-compose.log
 "${compose[@]}" build >"$compose_log" 2>&1 ||
   { tail -30 "$compose_log"; fail "docker-compose build failed (log: $compose_log)"; }

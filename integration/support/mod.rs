@@ -315,7 +315,6 @@ pub async fn http_to(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect http");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -325,7 +324,15 @@ pub async fn http_to(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).await.expect("write http");
+    let (status, _, body) = http_raw(addr, req.as_bytes()).await;
+    (status, body)
+}
+
+/// Writes `request` (any bytes, e.g. headers that are not UTF-8) to `addr` and reads until the
+/// server closes; returns status, head and (de-chunked) body.
+pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect http");
+    s.write_all(request).await.expect("write http");
     let mut buf = Vec::new();
     tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
         .await
@@ -337,11 +344,39 @@ pub async fn http_to(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, decode_chunked(&text, body))
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or((text.clone(), String::new()));
+    let body = decode_chunked(&head, body);
+    (status, head, body)
+}
+
+/// Polls `GET /api/v1/servers` with `auth` until every server is Connected.
+pub async fn wait_connected_as(addr: SocketAddr, auth: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http_to(
+            addr,
+            "GET",
+            "/api/v1/servers",
+            &[("Authorization", auth)],
+            "",
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let all = v["servers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|s| s["status"] == "Connected"));
+        if status == 200 && all {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "servers never all Connected: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The value of metric `name` in `GET /metrics` (with `headers`, e.g. credentials).

@@ -1,9 +1,12 @@
 //! HTTP Digest (RFC 7616, MD5, qop=auth) against an Apache `htdigest` file, as amiws had, so its
-//! users migrate without new passwords. Nonces are stateless: a timestamp signed with a
-//! per-process key, valid for [`NONCE_TTL_S`].
+//! users migrate without new passwords. Nonces are a timestamp and a random part signed with a
+//! per-process key, valid for [`NONCE_TTL_S`]; the nonce counts each nonce was used with are
+//! remembered, so a captured answer cannot be replayed. SHA-256, MD5-sess, `auth-int` and the
+//! RFC 2069 form without qop are refused: an htdigest file holds MD5 HA1 only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use md5::{Digest, Md5};
@@ -12,12 +15,31 @@ use super::ct_eq;
 
 /// How long a server nonce stays valid.
 pub const NONCE_TTL_S: u64 = 300;
+/// Nonces whose used counts are remembered at most (only answers that verified are recorded).
+const MAX_TRACKED_NONCES: usize = 8192;
+/// Answers one nonce may carry; then the client is told the nonce is stale and takes a new one.
+const MAX_USES_PER_NONCE: usize = 1024;
+
+/// Why a Digest answer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("invalid credentials")]
+    Invalid,
+    #[error("Digest {0} is not supported: only algorithm=MD5 with qop=auth")]
+    Unsupported(String),
+    #[error("Digest nonce count already used (replayed answer)")]
+    Replayed,
+    #[error("Digest nonce is stale")]
+    Stale,
+}
 
 /// The users of one realm from an htdigest file (`user:realm:HA1`).
 pub struct DigestUsers {
     realm: String,
     ha1: HashMap<String, String>,
     key: [u8; 16],
+    /// nonce → (issue time, nonce counts already used).
+    used: Mutex<HashMap<String, (u64, HashSet<String>)>>,
 }
 
 fn md5_hex(parts: &[&str]) -> String {
@@ -59,33 +81,54 @@ impl DigestUsers {
             realm: realm.to_string(),
             ha1,
             key: rand::random(),
+            used: Mutex::new(HashMap::new()),
         }
     }
 
-    fn nonce_at(&self, t: u64) -> String {
+    fn nonce_at(&self, t: u64, salt: u64) -> String {
         let key: String = self.key.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{t:x}-{}", &md5_hex(&[&key, &t.to_string()])[..16])
+        let mac = md5_hex(&[&key, &t.to_string(), &salt.to_string()]);
+        format!("{t:x}-{salt:016x}-{}", &mac[..16])
     }
 
-    /// The `WWW-Authenticate` value for a 401.
-    pub fn challenge(&self) -> String {
+    /// The `WWW-Authenticate` value for a 401 (`stale=true` when the client's nonce wore out).
+    pub fn challenge(&self, stale: bool) -> String {
         format!(
-            "Digest realm=\"{}\", qop=\"auth\", algorithm=MD5, nonce=\"{}\"",
+            "Digest realm=\"{}\", qop=\"auth\", algorithm=MD5, nonce=\"{}\"{}",
             self.realm,
-            self.nonce_at(now_s())
+            self.nonce_at(now_s(), rand::random()),
+            if stale { ", stale=true" } else { "" }
         )
     }
 
-    fn nonce_valid(&self, nonce: &str) -> bool {
-        let Some(t) = nonce
-            .split('-')
-            .next()
-            .and_then(|t| u64::from_str_radix(t, 16).ok())
-        else {
-            return false;
-        };
-        now_s().saturating_sub(t) <= NONCE_TTL_S
-            && ct_eq(self.nonce_at(t).as_bytes(), nonce.as_bytes())
+    /// The issue time of a nonce this process signed, if it is one.
+    fn nonce_time(&self, nonce: &str) -> Option<u64> {
+        let mut it = nonce.split('-');
+        let t = u64::from_str_radix(it.next()?, 16).ok()?;
+        let salt = u64::from_str_radix(it.next()?, 16).ok()?;
+        ct_eq(self.nonce_at(t, salt).as_bytes(), nonce.as_bytes()).then_some(t)
+    }
+
+    /// Records one use of (nonce, nc); refuses a count already used.
+    fn record_use(&self, nonce: &str, issued: u64, nc: &str) -> Result<(), DigestError> {
+        let mut used = self.used.lock().map_err(|_| DigestError::Invalid)?;
+        if used.len() >= MAX_TRACKED_NONCES && !used.contains_key(nonce) {
+            let now = now_s();
+            used.retain(|_, (t, _)| now.saturating_sub(*t) <= NONCE_TTL_S);
+            if used.len() >= MAX_TRACKED_NONCES {
+                return Err(DigestError::Stale);
+            }
+        }
+        let (_, counts) = used
+            .entry(nonce.to_string())
+            .or_insert_with(|| (issued, HashSet::new()));
+        if counts.len() >= MAX_USES_PER_NONCE {
+            return Err(DigestError::Stale);
+        }
+        if !counts.insert(nc.to_ascii_lowercase()) {
+            return Err(DigestError::Replayed);
+        }
+        Ok(())
     }
 
     /// Checks a password against the stored HA1 (HTTP Basic for htdigest users).
@@ -111,34 +154,44 @@ impl DigestUsers {
 
     /// Verifies the parameters of an `Authorization: Digest …` header for a request to `uri`;
     /// returns the user name.
-    pub fn verify(&self, method: &str, uri: &str, params: &str) -> Option<String> {
+    pub fn verify(&self, method: &str, uri: &str, params: &str) -> Result<String, DigestError> {
+        use DigestError::Invalid;
         let p = parse_params(params);
-        if p.get("uri")? != uri {
-            return None;
+        let get = |k: &str| p.get(k).map(String::as_str).ok_or(Invalid);
+        match p.get("algorithm").map(String::as_str) {
+            None => {}
+            Some(a) if a.eq_ignore_ascii_case("MD5") => {}
+            Some(a) => return Err(DigestError::Unsupported(format!("algorithm={a}"))),
         }
-        let user = p.get("username")?;
-        let ha1 = self.ha1.get(user.as_str())?;
-        if p.get("realm")? != &self.realm || !self.nonce_valid(p.get("nonce")?) {
-            return None;
+        match p.get("qop").map(String::as_str) {
+            Some("auth") => {}
+            Some(q) => return Err(DigestError::Unsupported(format!("qop={q}"))),
+            None => return Err(DigestError::Unsupported("without qop (RFC 2069)".into())),
         }
-        let ha2 = md5_hex(&[method, p.get("uri")?]);
-        let expected = match p.get("qop").map(String::as_str) {
-            Some("auth") => md5_hex(&[
-                ha1,
-                p.get("nonce")?,
-                p.get("nc")?,
-                p.get("cnonce")?,
-                "auth",
-                &ha2,
-            ]),
-            None => md5_hex(&[ha1, p.get("nonce")?, &ha2]),
-            Some(_) => return None,
-        };
-        ct_eq(
+        if get("uri")? != uri {
+            return Err(Invalid);
+        }
+        let user = get("username")?;
+        let ha1 = self.ha1.get(user).ok_or(Invalid)?;
+        let nonce = get("nonce")?;
+        let issued = self.nonce_time(nonce).ok_or(Invalid)?;
+        if get("realm")? != self.realm {
+            return Err(Invalid);
+        }
+        if now_s().saturating_sub(issued) > NONCE_TTL_S {
+            return Err(DigestError::Stale);
+        }
+        let nc = get("nc")?;
+        let ha2 = md5_hex(&[method, uri]);
+        let expected = md5_hex(&[ha1, nonce, nc, get("cnonce")?, "auth", &ha2]);
+        if !ct_eq(
             expected.as_bytes(),
-            p.get("response")?.to_ascii_lowercase().as_bytes(),
-        )
-        .then(|| user.clone())
+            get("response")?.to_ascii_lowercase().as_bytes(),
+        ) {
+            return Err(Invalid);
+        }
+        self.record_use(nonce, issued, nc)?;
+        Ok(user.to_string())
     }
 }
 
@@ -198,39 +251,58 @@ mod tests {
     #[test]
     fn a_correct_digest_response_is_accepted() {
         let d = users();
-        let nonce = d.nonce_at(now_s());
+        let nonce = d.nonce_at(now_s(), 7);
+        let ok = answer(&d, "secret", &nonce);
         assert_eq!(
-            d.verify("GET", "/api/v1/servers", &answer(&d, "secret", &nonce))
-                .as_deref(),
-            Some("admin")
+            d.verify("GET", "/api/v1/servers", &ok).as_deref(),
+            Ok("admin")
         );
         assert!(d.check_password("admin", "secret"));
+        assert_eq!(
+            d.verify("GET", "/api/v1/servers", &ok),
+            Err(DigestError::Replayed)
+        );
+        for (from, to) in [
+            ("qop=auth, ", ""),
+            ("qop=auth,", "qop=auth-int,"),
+            ("realm=", "algorithm=SHA-256, realm="),
+            ("realm=", "algorithm=MD5-sess, realm="),
+        ] {
+            let changed = ok.replace(from, to);
+            assert!(
+                matches!(
+                    d.verify("GET", "/api/v1/servers", &changed),
+                    Err(DigestError::Unsupported(_))
+                ),
+                "{changed}"
+            );
+        }
     }
 
     #[test]
     fn wrong_password_stale_or_forged_nonce_are_refused() {
         let d = users();
-        let nonce = d.nonce_at(now_s());
+        let nonce = d.nonce_at(now_s(), 1);
         assert_eq!(
             d.verify("GET", "/api/v1/servers", &answer(&d, "wrong", &nonce)),
-            None
+            Err(DigestError::Invalid)
         );
-        let stale = d.nonce_at(now_s() - NONCE_TTL_S - 10);
+        let stale = d.nonce_at(now_s() - NONCE_TTL_S - 10, 1);
         assert_eq!(
             d.verify("GET", "/api/v1/servers", &answer(&d, "secret", &stale)),
-            None
+            Err(DigestError::Stale)
         );
         assert_eq!(
             d.verify(
                 "GET",
                 "/api/v1/servers",
-                &answer(&d, "secret", "5f00-0123456789abcdef")
+                &answer(&d, "secret", "5f00-01-0123456789abcdef")
             ),
-            None
+            Err(DigestError::Invalid)
         );
         assert_eq!(
             d.verify("POST", "/api/v1/servers", &answer(&d, "secret", &nonce)),
-            None
+            Err(DigestError::Invalid)
         );
         assert!(!d.check_password("other", "z"), "other realms are ignored");
     }

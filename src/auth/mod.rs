@@ -4,13 +4,15 @@
 
 pub mod digest;
 pub mod expressions;
+pub mod forwarded;
+pub mod hasher;
+pub mod limiter;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use argon2::Argon2;
 use base64::Engine;
 
 use crate::ami::Action;
@@ -183,6 +185,40 @@ pub enum AuthError {
     Invalid,
     #[error("no users are configured: only loopback clients are served")]
     RemoteWithoutUsers,
+    #[error("{0}")]
+    Digest(#[from] digest::DigestError),
+    #[error("too many failed logins from this address: retry in {0} s")]
+    TooManyFailures(u64),
+    #[error("{0}: retry shortly")]
+    Busy(#[from] hasher::PoolBusy),
+}
+
+impl AuthError {
+    /// A wrong guess, which counts against the client's address.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Invalid
+                | AuthError::Digest(digest::DigestError::Invalid)
+                | AuthError::Digest(digest::DigestError::Replayed)
+        )
+    }
+}
+
+/// What [`Authenticator::authenticate`] decided: done, or an argon2 check to run first (off the
+/// async workers, see [`hasher::PasswordPool`]), whose outcome goes to
+/// [`Authenticator::verified`].
+pub enum Verdict {
+    Done(Result<Identity, AuthError>),
+    Verify(PasswordCheck),
+}
+
+/// A Basic password to check against a user's argon2 hash.
+pub struct PasswordCheck {
+    pub name: String,
+    pub hash: String,
+    pub password: String,
+    key: [u8; 32],
 }
 
 /// The parts of a request authentication looks at.
@@ -220,12 +256,16 @@ pub struct Authenticator {
     digest: Option<digest::DigestUsers>,
     default_rights: Arc<Rights>,
     open_remote: bool,
-    /// Argon2 is deliberately slow: remember (user, password) pairs already verified.
-    verified: Mutex<HashSet<(String, [u8; 16])>>,
+    /// Argon2 is deliberately slow: (user, password) pairs verified lately, by keyed hash.
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Keys the hashes of `verified` (per process, so they mean nothing elsewhere).
+    cache_key: [u8; 32],
 }
 
 /// Successful password checks remembered at most.
 const VERIFIED_CACHE: usize = 4096;
+/// How long a successful password check is remembered.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
 impl Authenticator {
     pub fn new(settings: &Settings) -> Result<Authenticator, String> {
@@ -250,7 +290,8 @@ impl Authenticator {
             digest,
             default_rights: Arc::new(Rights::from_user(&UserSettings::default())),
             open_remote: settings.http.allow_anonymous_remote,
-            verified: Mutex::new(HashSet::new()),
+            verified: Mutex::new(HashMap::new()),
+            cache_key: rand::random(),
         })
     }
 
@@ -264,19 +305,53 @@ impl Authenticator {
         self.users.is_empty() && self.digest.is_none()
     }
 
-    /// The `WWW-Authenticate` challenges to send with a 401.
-    pub fn challenges(&self) -> Vec<String> {
+    /// The `WWW-Authenticate` challenges to send with a 401 for `refusal`. Digest is offered
+    /// only when every password user can answer it (no argon2 `password_hash` users): a browser
+    /// picks Digest over Basic, and an argon2 user cannot answer Digest. htdigest users log in
+    /// with Basic too, and a Digest answer is accepted whenever a client sends one.
+    pub fn challenges(&self, refusal: &AuthError) -> Vec<String> {
         let mut out = vec!["Basic realm=\"amihub\", charset=\"UTF-8\"".to_string()];
-        if let Some(d) = &self.digest {
-            out.push(d.challenge());
+        let argon2_users = self.users.iter().any(|u| u.password_hash.is_some());
+        if let Some(d) = self.digest.as_ref().filter(|_| !argon2_users) {
+            let stale = *refusal == AuthError::Digest(digest::DigestError::Stale);
+            out.push(d.challenge(stale));
         }
         out.push("Bearer realm=\"amihub\"".into());
         out
     }
 
-    pub fn authenticate(&self, c: &Credentials<'_>) -> Result<Identity, AuthError> {
+    /// Decides on a request's credentials; an uncached Basic password needs an argon2 check.
+    pub fn authenticate(&self, c: &Credentials<'_>) -> Verdict {
+        match self.basic_password(c) {
+            Some(Ok((name, password))) => self.by_password(name, password),
+            Some(Err(e)) => Verdict::Done(Err(e)),
+            None => Verdict::Done(self.without_argon2(c)),
+        }
+    }
+
+    /// The (name, password) of an HTTP Basic header, when that is what decides.
+    fn basic_password(&self, c: &Credentials<'_>) -> Option<Result<(String, String), AuthError>> {
+        if self.is_open() || c.query_token.is_some() {
+            return None;
+        }
+        let (scheme, rest) = c.authorization?.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let parsed = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|t| {
+                let (n, p) = t.split_once(':')?;
+                Some((n.to_string(), p.to_string()))
+            });
+        Some(parsed.ok_or(AuthError::Invalid))
+    }
+
+    fn without_argon2(&self, c: &Credentials<'_>) -> Result<Identity, AuthError> {
         if self.is_open() {
-            let local = |ip: &IpAddr| ip.is_loopback();
+            let local = |ip: &IpAddr| forwarded::is_loopback(*ip);
             let all_local = c.peer.as_ref().is_some_and(local) && c.forwarded_for.iter().all(local);
             if all_local || self.open_remote {
                 return Ok(Identity {
@@ -295,17 +370,9 @@ impl Authenticator {
         let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
         match scheme.to_ascii_lowercase().as_str() {
             "bearer" => self.by_token(rest.trim()),
-            "basic" => {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(rest.trim())
-                    .map_err(|_| AuthError::Invalid)?;
-                let text = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
-                let (name, password) = text.split_once(':').ok_or(AuthError::Invalid)?;
-                self.by_password(name, password)
-            }
             "digest" => {
                 let d = self.digest.as_ref().ok_or(AuthError::Invalid)?;
-                let name = d.verify(c.method, c.uri, rest).ok_or(AuthError::Invalid)?;
+                let name = d.verify(c.method, c.uri, rest)?;
                 Ok(self.identity_for(&name))
             }
             _ => Err(AuthError::Invalid),
@@ -342,7 +409,14 @@ impl Authenticator {
                     .filter(|identity| identity.name == *user);
                 match by_token {
                     Some(identity) => identity,
-                    None => self.by_password(user, secret)?,
+                    // The AMI session runs this on a blocking thread, so argon2 runs here.
+                    None => match self.by_password(user.clone(), secret.clone()) {
+                        Verdict::Done(result) => result?,
+                        Verdict::Verify(check) => {
+                            let ok = hasher::matches(&check.hash, &check.password);
+                            self.verified(&check, ok)?
+                        }
+                    },
                 }
             }
             Credentials::Md5 {
@@ -407,47 +481,64 @@ impl Authenticator {
             .ok_or(AuthError::Invalid)
     }
 
-    fn by_password(&self, name: &str, password: &str) -> Result<Identity, AuthError> {
+    fn by_password(&self, name: String, password: String) -> Verdict {
         let user = self.users.iter().find(|u| u.name == name);
-        let Some(hash) = user.and_then(|u| u.password_hash.as_deref()) else {
+        let Some(hash) = user.and_then(|u| u.password_hash.clone()) else {
             // An htdigest user may also use Basic: HA1 = MD5(user:realm:password).
-            if let Some(d) = &self.digest {
-                if d.check_password(name, password) {
-                    return Ok(self.identity_for(name));
-                }
-            }
-            return Err(AuthError::Invalid);
+            let ok = self
+                .digest
+                .as_ref()
+                .is_some_and(|d| d.check_password(&name, &password));
+            return Verdict::Done(if ok {
+                Ok(self.identity_for(&name))
+            } else {
+                Err(AuthError::Invalid)
+            });
         };
-        let key = (name.to_string(), fingerprint(hash, password));
-        let cached = self
+        let key = self.fingerprint(&name, &hash, &password);
+        let fresh = self
             .verified
             .lock()
-            .map(|v| v.contains(&key))
+            .map(|v| v.get(&key).is_some_and(|t| t.elapsed() < VERIFIED_TTL))
             .unwrap_or(false);
-        if !cached {
-            let parsed = PasswordHash::new(hash).map_err(|_| AuthError::Invalid)?;
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .map_err(|_| AuthError::Invalid)?;
-            if let Ok(mut v) = self.verified.lock() {
+        if fresh {
+            return Verdict::Done(Ok(self.identity_for(&name)));
+        }
+        Verdict::Verify(PasswordCheck {
+            name,
+            hash,
+            password,
+            key,
+        })
+    }
+
+    /// The outcome of an argon2 check: remembered for [`VERIFIED_TTL`] when it matched.
+    pub fn verified(&self, check: &PasswordCheck, ok: bool) -> Result<Identity, AuthError> {
+        if !ok {
+            return Err(AuthError::Invalid);
+        }
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= VERIFIED_CACHE {
+                v.retain(|_, t| t.elapsed() < VERIFIED_TTL);
                 if v.len() >= VERIFIED_CACHE {
                     v.clear();
                 }
-                v.insert(key);
             }
+            v.insert(check.key, Instant::now());
         }
-        Ok(self.identity_for(name))
+        Ok(self.identity_for(&check.name))
     }
-}
 
-/// A keyed digest of (hash, password) so the cache never holds a password.
-fn fingerprint(hash: &str, password: &str) -> [u8; 16] {
-    use md5::{Digest, Md5};
-    let mut h = Md5::new();
-    h.update(hash.as_bytes());
-    h.update([0]);
-    h.update(password.as_bytes());
-    h.finalize().into()
+    /// A keyed SHA-256 of (user, hash, password) so the cache never holds a password.
+    fn fingerprint(&self, name: &str, hash: &str, password: &str) -> [u8; 32] {
+        let mut h = openssl::sha::Sha256::new();
+        h.update(&self.cache_key);
+        for part in [name, hash, password] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finish()
+    }
 }
 
 /// Constant-time equality for secrets.
@@ -462,37 +553,10 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
+    argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
-}
-
-/// Parses `Forwarded: for=…` / `X-Forwarded-For` / `X-Real-IP` values into addresses.
-pub fn forwarded_addresses<'a>(values: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for v in values {
-        for part in v.split([',', ';']) {
-            let p = part.trim();
-            // RFC 7239 parameter names are case-insensitive (`For=`).
-            let p = match p.get(..4) {
-                Some(head) if head.eq_ignore_ascii_case("for=") => &p[4..],
-                _ => p,
-            };
-            let p = p.trim_matches('"');
-            let p = p.trim_start_matches('[');
-            let p = p.split(']').next().unwrap_or(p);
-            if let Ok(ip) = p.parse::<IpAddr>() {
-                out.push(ip);
-            } else if let Some(Ok(ip)) = p.rsplit_once(':').map(|(h, _)| h.parse::<IpAddr>()) {
-                out.push(ip);
-            } else if !p.is_empty() && !p.contains('=') {
-                // Unparseable (e.g. "unknown"): treat as not local.
-                out.push(IpAddr::from([0, 0, 0, 0]));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -509,6 +573,22 @@ mod tests {
         s
     }
 
+    /// `authenticate`, with any argon2 check run inline.
+    fn now(a: &Authenticator, c: &Credentials<'_>) -> Result<Identity, AuthError> {
+        match a.authenticate(c) {
+            Verdict::Done(r) => r,
+            Verdict::Verify(check) => {
+                let ok = argon2::password_hash::PasswordHash::new(&check.hash).is_ok_and(|h| {
+                    use argon2::password_hash::PasswordVerifier;
+                    argon2::Argon2::default()
+                        .verify_password(check.password.as_bytes(), &h)
+                        .is_ok()
+                });
+                a.verified(&check, ok)
+            }
+        }
+    }
+
     fn creds<'a>(auth: Option<&'a str>, token: Option<&'a str>, peer: &str) -> Credentials<'a> {
         Credentials {
             method: "GET",
@@ -523,16 +603,17 @@ mod tests {
     #[test]
     fn no_users_means_loopback_only() {
         let a = Authenticator::new(&settings("")).unwrap();
-        assert!(a.authenticate(&creds(None, None, "127.0.0.1")).is_ok());
-        assert!(a.authenticate(&creds(None, None, "::1")).is_ok());
+        assert!(now(&a, &creds(None, None, "127.0.0.1")).is_ok());
+        assert!(now(&a, &creds(None, None, "::1")).is_ok());
         assert_eq!(
-            a.authenticate(&creds(None, None, "10.1.2.3")).unwrap_err(),
+            now(&a, &creds(None, None, "10.1.2.3")).unwrap_err(),
             AuthError::RemoteWithoutUsers
         );
         let mut proxied = creds(None, None, "127.0.0.1");
-        proxied.forwarded_for = forwarded_addresses(["203.0.113.9"].into_iter());
+        proxied.forwarded_for =
+            forwarded::addresses(forwarded::Header::XForwardedFor, b"203.0.113.9");
         assert_eq!(
-            a.authenticate(&proxied).unwrap_err(),
+            now(&a, &proxied).unwrap_err(),
             AuthError::RemoteWithoutUsers
         );
     }
@@ -544,50 +625,45 @@ mod tests {
             "[[users]]\nname='ops'\ntoken='t0k-0123456789abcdef'\n[[users]]\nname='alice'\npassword_hash='{hash}'\nactions=['*']\n"
         )))
         .unwrap();
-        let who = a
-            .authenticate(&creds(
-                Some("Bearer t0k-0123456789abcdef"),
-                None,
-                "10.0.0.1",
-            ))
-            .unwrap();
+        let who = now(
+            &a,
+            &creds(Some("Bearer t0k-0123456789abcdef"), None, "10.0.0.1"),
+        )
+        .unwrap();
         assert_eq!(who.name, "ops");
         assert!(!who.rights.may_send("Originate"));
         assert!(who.rights.may_send("corestatus"));
         assert_eq!(
-            a.authenticate(&creds(None, Some("t0k-0123456789abcdef"), "10.0.0.1"))
+            now(&a, &creds(None, Some("t0k-0123456789abcdef"), "10.0.0.1"))
                 .unwrap()
                 .name,
             "ops"
         );
         assert_eq!(
-            a.authenticate(&creds(Some("Bearer nope"), None, "10.0.0.1"))
-                .unwrap_err(),
+            now(&a, &creds(Some("Bearer nope"), None, "10.0.0.1")).unwrap_err(),
             AuthError::Invalid
         );
         assert_eq!(
-            a.authenticate(&creds(None, None, "127.0.0.1")).unwrap_err(),
+            now(&a, &creds(None, None, "127.0.0.1")).unwrap_err(),
             AuthError::Missing
         );
         let basic = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("alice:pw")
         );
-        let who = a
-            .authenticate(&creds(Some(&basic), None, "10.0.0.1"))
-            .unwrap();
+        let who = now(&a, &creds(Some(&basic), None, "10.0.0.1")).unwrap();
         assert!(who.rights.may_send("Originate"));
-        // Second time hits the cache and still succeeds.
-        assert!(a
-            .authenticate(&creds(Some(&basic), None, "10.0.0.1"))
-            .is_ok());
+        // Second time hits the cache: no argon2 check, and still succeeds.
+        assert!(matches!(
+            a.authenticate(&creds(Some(&basic), None, "10.0.0.1")),
+            Verdict::Done(Ok(_))
+        ));
         let wrong = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("alice:px")
         );
         assert_eq!(
-            a.authenticate(&creds(Some(&wrong), None, "10.0.0.1"))
-                .unwrap_err(),
+            now(&a, &creds(Some(&wrong), None, "10.0.0.1")).unwrap_err(),
             AuthError::Invalid
         );
     }

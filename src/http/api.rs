@@ -5,7 +5,8 @@ use std::time::Duration;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::budget::BudgetError;
+use super::{AppState, ConnSocket};
 use crate::auth::Identity;
 use crate::metrics::Metrics;
 use crate::registry::{ActionFailure, HttpAction, ListServers, Readiness, ServerState};
@@ -98,6 +99,11 @@ pub async fn post_action(
         .unwrap_or(state.settings.limits.action_timeout_s)
         .clamp(1, MAX_ACTION_TIMEOUT_S);
     let timeout = Duration::from_secs(timeout_s);
+    let _slot = match state.budget.acquire(&who.name) {
+        Ok(slot) => slot,
+        Err(e @ BudgetError::Share { .. }) => return error(S::TOO_MANY_REQUESTS, &e.to_string()),
+        Err(e) => return error(S::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     let msg = HttpAction {
         server,
         action,
@@ -107,10 +113,19 @@ pub async fn post_action(
     };
     let rx = match state.registry.send(msg).await {
         Ok(Ok(rx)) => rx,
-        Ok(Err(f)) => return failure(f),
+        Ok(Err(f)) => return failure(server, f),
         Err(_) => return error(S::SERVICE_UNAVAILABLE, "registry unavailable"),
     };
-    match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+    let socket = req.conn_data::<ConnSocket>().map(|s| s.0);
+    let waited = tokio::select! {
+        r = tokio::time::timeout(timeout + Duration::from_secs(1), rx) => r,
+        () = client_gone(socket) => {
+            // Dropping the receiver and the slot frees both for others at once.
+            log::info!("HTTP user {}: client went away before the result", who.name);
+            return error(S::SERVICE_UNAVAILABLE, "client went away");
+        }
+    };
+    match waited {
         Ok(Ok(Ok(result))) => HttpResponse::Ok().json(json!({
             "server_id": server,
             "response": packet_value(&result.response, Some(&result.action_id)),
@@ -120,17 +135,56 @@ pub async fn post_action(
                 .map(|e| packet_value(e, Some(&result.action_id)))
                 .collect::<Vec<Value>>(),
         })),
-        Ok(Ok(Err(f))) => failure(f),
-        Ok(Err(_)) | Err(_) => failure(ActionFailure::Timeout),
+        Ok(Ok(Err(f))) => failure(server, f),
+        Ok(Err(_)) | Err(_) => failure(server, ActionFailure::Timeout),
     }
 }
 
-fn failure(f: ActionFailure) -> HttpResponse {
+/// The HTTP answer to a failed action on `server`. A server the user may not see answers exactly
+/// as one that does not exist, so ids cannot be enumerated.
+/// Resolves once the client closed its connection (EOF or error on a peek of the socket, checked
+/// every [`GONE_POLL`]); never, without a socket. A client that only half-closes counts as gone.
+async fn client_gone(socket: Option<std::os::fd::RawFd>) {
+    let Some(fd) = socket else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(GONE_POLL).await;
+        let mut byte = 0u8;
+        // SAFETY: a non-blocking peek of one byte into a local buffer, on the socket of the
+        // connection this request is being served on (open for as long as the handler runs).
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let would_block = n < 0
+            && matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN) | Some(libc::EINTR)
+            );
+        if n == 0 || (n < 0 && !would_block) {
+            return;
+        }
+    }
+}
+
+/// How often a waiting HTTP action checks that its client is still there.
+const GONE_POLL: Duration = Duration::from_millis(100);
+
+fn failure(server: u32, f: ActionFailure) -> HttpResponse {
     use actix_web::http::StatusCode as S;
+    let f = match f {
+        ActionFailure::Forbidden(_) => ActionFailure::UnknownServer(server),
+        other => other,
+    };
     let status = match f {
         ActionFailure::UnknownServer(_) => S::NOT_FOUND,
         ActionFailure::NotConnected(_) => S::SERVICE_UNAVAILABLE,
-        ActionFailure::Forbidden(_) => S::FORBIDDEN,
+        ActionFailure::Forbidden(_) => S::NOT_FOUND,
         ActionFailure::Timeout => S::GATEWAY_TIMEOUT,
         ActionFailure::Busy => S::SERVICE_UNAVAILABLE,
         ActionFailure::Failed(_) => S::BAD_GATEWAY,
@@ -160,7 +214,7 @@ pub async fn server_state(
         .await
     {
         Ok(Ok(v)) => HttpResponse::Ok().json(v),
-        Ok(Err(f)) => failure(f),
+        Ok(Err(f)) => failure(server, f),
         Err(_) => error(S::SERVICE_UNAVAILABLE, "registry unavailable"),
     }
 }

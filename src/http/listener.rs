@@ -8,7 +8,7 @@ use actix_web::dev::{Extensions, Server};
 use actix_web::{App, HttpServer};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
-use super::{configure, AppState, ConnSocket};
+use super::{configure, AppState, ConnLocal, ConnSocket};
 
 /// Why the HTTP listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +20,15 @@ pub enum ListenError {
 }
 
 fn record_socket(conn: &dyn Any, ext: &mut Extensions) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        ext.insert(ConnSocket(tcp.as_raw_fd()));
-    } else if let Some(tls) =
+    let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>().or_else(|| {
         conn.downcast_ref::<actix_tls::accept::openssl::TlsStream<actix_web::rt::net::TcpStream>>()
-    {
-        ext.insert(ConnSocket(tls.get_ref().as_raw_fd()));
+            .map(|tls| tls.get_ref())
+    });
+    if let Some(tcp) = tcp {
+        ext.insert(ConnSocket(tcp.as_raw_fd()));
+        if let Ok(local) = tcp.local_addr() {
+            ext.insert(ConnLocal(local));
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 //! health and metrics, and `web_root` as static files. No business logic lives here.
 
 mod api;
+mod budget;
 mod gate;
 pub mod listener;
+mod origin;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,6 +16,8 @@ use actix_web::{guard, web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde_json::json;
 
+use crate::auth::hasher::PasswordPool;
+use crate::auth::limiter::FailureLimiter;
 use crate::auth::{Authenticator, Identity};
 use crate::config::Settings;
 use crate::metrics::{Metrics, SharedMetrics};
@@ -21,6 +25,7 @@ use crate::registry::session::{SessionIo, SessionSlot};
 use crate::registry::Registry;
 use crate::ws::outbound::OutboundStream;
 use crate::ws::session::WsSession;
+pub use budget::ActionBudget;
 pub use gate::gate;
 
 /// What every request handler shares.
@@ -32,6 +37,12 @@ pub struct AppState {
     /// Swapped whole on SIGHUP.
     pub auth: Arc<std::sync::RwLock<Arc<Authenticator>>>,
     pub next_session: Arc<AtomicU64>,
+    /// HTTP actions waiting for a PBX, in all and per user.
+    pub budget: Arc<ActionBudget>,
+    /// Where argon2 checks run (off the async workers, bounded).
+    pub passwords: Arc<PasswordPool>,
+    /// Failed logins per client address.
+    pub failures: Arc<FailureLimiter>,
 }
 
 impl AppState {
@@ -47,6 +58,11 @@ impl AppState {
 /// The raw socket of the connection a request arrived on (set by the listener's on_connect).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSocket(pub RawFd);
+
+/// The local address of the connection a request arrived on (set by the listener's on_connect):
+/// what same-origin is judged against.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLocal(pub std::net::SocketAddr);
 
 fn is_upgrade(head: &actix_web::dev::RequestHead) -> bool {
     head.headers()
@@ -77,27 +93,30 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/api/v1/servers/{id}/state",
                 web::get().to(api::server_state),
             )
-            .route("/livez", web::get().to(api::livez))
-            .route("/readyz", web::get().to(api::readyz))
-            .route("/metrics", web::get().to(api::metrics))
+            .route("/livez", get_or_head().to(api::livez))
+            .route("/readyz", get_or_head().to(api::readyz))
+            .route("/metrics", get_or_head().to(api::metrics))
             .service(actix_files::Files::new("/", web_root).index_file("index.html"));
     }
 }
 
-fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
-    let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) else {
-        // Not a browser (browsers always send Origin on WebSocket upgrades).
+/// Probes answer HEAD as well as GET (actix sends the headers only).
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+/// Browsers always send Origin on a WebSocket upgrade; other clients need none.
+fn origin_allowed(req: &HttpRequest, settings: &Settings) -> bool {
+    let Some(origin) = req.headers().get("origin") else {
         return true;
     };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let host = req.connection_info().host().to_string();
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    origin_host.eq_ignore_ascii_case(&host)
+    let local = req
+        .conn_data::<ConnLocal>()
+        .map_or_else(|| req.app_config().local_addr(), |l| l.0);
+    let http = &settings.http;
+    origin.to_str().is_ok_and(|o| {
+        origin::origin_allowed(o, local, http.tls_cert.is_some(), &http.allowed_origins)
+    })
 }
 
 async fn ws_upgrade(
@@ -106,7 +125,7 @@ async fn ws_upgrade(
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
     let limits = &state.settings.limits;
-    if !origin_allowed(&req, &state.settings.http.allowed_origins) {
+    if !origin_allowed(&req, &state.settings) {
         Metrics::inc(&state.metrics.ws_refused_sessions_total);
         log::warn!(
             "refused WebSocket from foreign origin {:?}",

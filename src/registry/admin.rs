@@ -300,7 +300,7 @@ impl Handler<HttpAction> for Registry {
             .pending
             .map
             .values()
-            .filter(|p| p.session().is_none())
+            .filter(|p| p.session().is_none() && !p.abandoned())
             .count();
         if in_flight >= super::pending::MAX_HTTP_IN_FLIGHT {
             return Err(ActionFailure::Busy);

@@ -107,6 +107,14 @@ impl Pending {
         self.client_id.clone().unwrap_or_else(|| wire_id(token))
     }
 
+    /// An HTTP caller that went away (dropped its receiver): nobody waits for this result.
+    pub fn abandoned(&self) -> bool {
+        match &self.reply {
+            ReplyTo::Collect { tx, .. } => tx.as_ref().is_none_or(|t| t.is_closed()),
+            ReplyTo::Session(_) => false,
+        }
+    }
+
     pub fn session(&self) -> Option<u64> {
         match self.reply {
             ReplyTo::Session(s) => Some(s),
@@ -187,10 +195,11 @@ impl PendingTable {
         (p.server_id == server_id).then_some(token)
     }
 
+    /// Actions past their deadline, and HTTP actions whose caller went away.
     pub fn expired(&self, now: Instant) -> Vec<Token> {
         self.map
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, p)| p.deadline <= now || p.abandoned())
             .map(|(s, _)| *s)
             .collect()
     }
