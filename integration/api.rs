@@ -1280,7 +1280,7 @@ async fn a_dropped_servers_late_messages_do_not_touch_its_replacement() {
     let ready = c
         .seen
         .iter()
-        .position(|x| is_status(x, 1, "Connected") && x["data"]["Reason"] == "state ready")
+        .rposition(|x| is_status(x, 1, "Connected") && x["data"]["Reason"] == "state ready")
         .expect("ready status seen");
     assert!(
         !c.seen[ready..]

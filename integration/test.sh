@@ -16,6 +16,8 @@ fi
 
 echo "== browser test dependencies (node, chromium, playwright-core)"
 bash integration/browser/setup.sh
+echo "== AMI client libraries (panoramisk, asterisk-manager)"
+bash integration/ami_clients/setup.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -33,6 +33,8 @@ pub struct Settings {
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
+    pub ami_listener: AmiListenerSettings,
+    #[serde(default)]
     pub servers: Vec<ServerSettings>,
     #[serde(default)]
     pub users: Vec<UserSettings>,
@@ -70,6 +72,16 @@ pub struct UserSettings {
     /// May list sessions and add or drop servers at runtime.
     #[serde(default)]
     pub admin: bool,
+    /// Cleartext secret for AMI `Challenge`/MD5 logins to the AMI listener (as in Asterisk's
+    /// manager.conf; MD5 login needs one).
+    #[serde(default)]
+    pub ami_secret: Option<String>,
+    /// File whose first line is `ami_secret` (wins over it).
+    #[serde(default)]
+    pub ami_secret_file: Option<PathBuf>,
+    /// Server (name or id) for AMI listener actions that name none with `Server:`.
+    #[serde(default)]
+    pub ami_default_server: Option<String>,
 }
 
 /// Credentials never appear in `Debug` output.
@@ -82,6 +94,11 @@ impl std::fmt::Debug for UserSettings {
                 &self.password_hash.as_ref().map(|_| "<redacted>"),
             )
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "ami_secret",
+                &self.ami_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ami_default_server", &self.ami_default_server)
             .field("servers", &self.servers)
             .field("actions", &self.actions)
             .field("events", &self.events)
@@ -124,6 +141,36 @@ impl Default for HttpSettings {
             auth_file: None,
             auth_domain: "amihub".into(),
             allow_anonymous_remote: false,
+        }
+    }
+}
+
+/// The AMI listener (SPEC §8): AMI client libraries log in to amihub as to Asterisk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmiListenerSettings {
+    /// Address to listen on, e.g. "127.0.0.1:5039"; unset = no AMI listener.
+    pub listen: Option<String>,
+    /// PEM certificate chain; with `tls_key` the listener speaks AMI over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// First line sent to every client; libraries check the `Asterisk Call Manager/` prefix.
+    pub banner: String,
+    /// A connection that has not logged in by then is closed.
+    pub auth_timeout_s: u64,
+    /// Open AMI connections at most (logged in or not); more are refused at once.
+    pub max_sessions: usize,
+}
+
+impl Default for AmiListenerSettings {
+    fn default() -> Self {
+        AmiListenerSettings {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            banner: "Asterisk Call Manager/11.0.0".into(),
+            auth_timeout_s: 30,
+            max_sessions: 1000,
         }
     }
 }
@@ -399,6 +446,18 @@ impl Settings {
                     )),
                 }
             }
+            if let Some(file) = &u.ami_secret_file {
+                match std::fs::read_to_string(file) {
+                    Ok(text) => u.ami_secret = Some(text.lines().next().unwrap_or("").to_string()),
+                    Err(e) => problems.push(format!(
+                        "{key}.ami_secret_file: cannot read {}: {e}",
+                        file.display()
+                    )),
+                }
+            }
+            if u.ami_secret.as_deref().is_some_and(str::is_empty) {
+                problems.push(format!("{key}.ami_secret: must not be empty"));
+            }
             if u.token.as_deref().is_some_and(|t| t.len() < 16) {
                 problems.push(format!("{key}.token: must be at least 16 characters"));
             }
@@ -441,6 +500,28 @@ impl Settings {
         }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             problems.push("http.tls_cert and http.tls_key: set both or neither".into());
+        }
+        let al = &self.ami_listener;
+        if let Some(listen) = &al.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "ami_listener.listen: {listen:?} is not an address like 127.0.0.1:5039"
+                ));
+            }
+        }
+        if al.tls_cert.is_some() != al.tls_key.is_some() {
+            problems
+                .push("ami_listener.tls_cert and ami_listener.tls_key: set both or neither".into());
+        }
+        if !al.banner.starts_with("Asterisk Call Manager/") || al.banner.contains(['\r', '\n']) {
+            problems.push(
+                "ami_listener.banner: must start with \"Asterisk Call Manager/\" (libraries check it) and be one line"
+                    .into(),
+            );
+        }
+        if al.auth_timeout_s == 0 || al.max_sessions == 0 {
+            problems
+                .push("ami_listener.auth_timeout_s and max_sessions: must be at least 1".into());
         }
         let r = &self.reconnect;
         if r.initial_ms == 0 || r.max_ms < r.initial_ms {
@@ -560,6 +641,17 @@ fn check_server(s: &mut ServerSettings, key: &str, problems: &mut Vec<String>) {
             problems.push(format!("{key}.tls_ca: {} does not exist", ca.display()));
         }
     }
+}
+
+/// A server added at runtime by an admin (`AddServer` on the WebSocket or the AMI listener),
+/// from its JSON form, validated. Paths on the amihub host are config-file only: a remote admin
+/// must not make amihub read (and send) arbitrary files.
+pub fn runtime_server(v: serde_json::Value) -> Result<ServerSettings, String> {
+    let s = serde_json::from_value::<ServerSettings>(v).map_err(|e| e.to_string())?;
+    if s.secret_file.is_some() || s.tls_ca.is_some() {
+        return Err("secret_file and tls_ca can only be set in the config file".into());
+    }
+    validate_server(s).map_err(|e| e.join("; "))
 }
 
 /// Validates one server added at runtime (its `id` must be set).

@@ -6,7 +6,9 @@
 //! - [`ami`]: bytes <-> AMI packets and actions. Pure: never imports actix, serde_json or sockets.
 //! - [`ajam`]: AJAM body formats (AMI text -> `/mxml` XML, `/manager` HTML). Pure.
 //! - [`pbx`]: the supervised connection actor per PBX (login, keepalive, reconnect with backoff).
-//! - [`registry`]: server_id -> PBX actor, sessions, ActionID routing, fan-out of shared frames.
+//! - [`registry`]: server_id -> PBX actor, sessions, ActionID routing, fan-out of shared frames;
+//!   `registry::session` is the protocol its front ends (WebSocket, AMI listener) implement.
+//! - [`amisrv`]: the AMI listener: AMI clients log in to amihub as to Asterisk.
 //! - [`ws`]: WebSocket session actors; `ws::protocol` is the only module that knows the JSON envelope.
 //! - [`http`]: routes, static files, TLS listener; no business logic.
 //! - [`state`]: live calls, queues and endpoints per PBX, rebuilt after every login; pure.
@@ -16,10 +18,12 @@
 //! Invariants:
 //! - `ami` and `sim` never import actix; `ami` never imports serde_json.
 //! - Only `registry` decides who receives a packet; sessions never talk to PBX actors directly.
+//! - `registry` never imports a front end's actor (`ws::session`, `amisrv::session`).
 //! - Every queue between a PBX and a browser is bounded in bytes; a slow browser is cut loose.
 
 pub mod ajam;
 pub mod ami;
+pub mod amisrv;
 pub mod auth;
 pub mod config;
 pub mod demo;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::amisrv::AmiListener;
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::http::listener::{serve, ListenError};
@@ -21,6 +22,8 @@ use crate::registry::{AddServer, CloseUserSessions, DropServer, Registry, Shutdo
 pub enum ServiceError {
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("ami_listener: {0}")]
+    AmiListen(ListenError),
     #[error("{0}")]
     Auth(String),
     #[error("server: {0}")]
@@ -83,6 +86,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         passwords: crate::auth::hasher::PasswordPool::for_this_host(),
         failures: Arc::default(),
     };
+    let ami_arbiter = start_ami_listener(&settings, &state)?;
     let server = serve(state.clone(), listener)?;
     let handle = server.handle();
     actix_web::rt::spawn(async move {
@@ -110,8 +114,44 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     });
     server.await?;
     pbx_arbiter.stop();
+    if let Some(a) = ami_arbiter {
+        a.stop();
+    }
     log::info!("stopped");
     Ok(())
+}
+
+/// Binds `[ami_listener]` (if set) and runs it on an arbiter of its own, sharing the registry,
+/// the users and the session ids with the HTTP side.
+fn start_ami_listener(
+    settings: &Settings,
+    state: &AppState,
+) -> Result<Option<Arbiter>, ServiceError> {
+    let limits = &settings.limits;
+    let ami = settings.ami.limits();
+    let shared = crate::amisrv::session::Shared {
+        registry: state.registry.clone(),
+        auth: state.auth.clone(),
+        settings: settings.ami_listener.clone(),
+        limits: limits.clone(),
+        codec: crate::ami::Limits {
+            max_line_bytes: ami.max_line_bytes.min(limits.max_client_message_bytes),
+            max_packet_bytes: ami.max_packet_bytes.min(limits.max_client_message_bytes),
+            max_headers: ami.max_headers,
+        },
+        metrics: state.metrics.clone(),
+        next_session: state.next_session.clone(),
+    };
+    let Some(listener) = AmiListener::bind(shared).map_err(ServiceError::AmiListen)? else {
+        return Ok(None);
+    };
+    if let Some(addr) = listener.local_addr() {
+        let scheme = if listener.is_tls() { "ami+tls" } else { "ami" };
+        log::info!("AMI listener on {scheme}://{addr}");
+    }
+    let arbiter = Arbiter::new();
+    arbiter.spawn(listener.run());
+    Ok(Some(arbiter))
 }
 
 /// SIGHUP: re-reads the config; unchanged servers keep their connection and sessions of

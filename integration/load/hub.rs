@@ -38,6 +38,8 @@ pub fn start_sim(name: &str) -> anyhow::Result<SimPbx> {
 pub struct Hub {
     child: Child,
     pub addr: SocketAddr,
+    /// The AMI listener (`--ami`).
+    pub ami_addr: Option<SocketAddr>,
     /// "slow consumer" lines logged so far.
     pub cuts: Arc<AtomicU64>,
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -58,7 +60,7 @@ impl Hub {
             .map(|q| format!("session_queue_bytes = {q}\n"))
             .unwrap_or_default();
         let config = format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}\"\n\n[limits]\nmax_sessions = 20000\n{queue}\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\nweb_root = \"{}\"\n\n[ami_listener]\nlisten = \"127.0.0.1:0\"\n\n[limits]\nmax_sessions = 20000\nactions_per_second = 100000\n{queue}\n\
              [[servers]]\nid = 1\nname = \"load\"\nhost = \"{}\"\nport = {}\nusername = \"{USER}\"\n\
              secret = \"{SECRET}\"\nauth = \"plain\"\n",
             dir.join("web_root").display(),
@@ -70,7 +72,10 @@ impl Hub {
         let mut child = Command::new(exe)
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn,amihub::service=info")
+            .env(
+                "RUST_LOG",
+                "warn,amihub::service=info,amihub::registry=warn",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -81,6 +86,7 @@ impl Hub {
         let cuts = Arc::new(AtomicU64::new(0));
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (ami_tx, ami_rx) = std::sync::mpsc::channel();
         let (c, t) = (cuts.clone(), tail.clone());
         let echo = std::env::var_os("AMIHUB_LOAD_LOG").is_some();
         std::thread::Builder::new()
@@ -91,6 +97,10 @@ impl Hub {
                         let addr = rest.trim_start_matches('s').trim_start_matches("://");
                         let addr = addr.split_whitespace().next().unwrap_or("").to_string();
                         let _ = tx.send(addr);
+                    }
+                    if let Some(rest) = line.split("AMI listener on ami://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = ami_tx.send(addr);
                     }
                     if line.contains("slow consumer") {
                         c.fetch_add(1, Relaxed);
@@ -108,6 +118,7 @@ impl Hub {
         let mut hub = Hub {
             child,
             addr: "127.0.0.1:0".parse()?,
+            ami_addr: None,
             cuts,
             tail,
             dir,
@@ -121,6 +132,10 @@ impl Hub {
             }
             Err(_) => bail!("amihub did not start; log: {:?}", hub.tail()),
         }
+        hub.ami_addr = ami_rx
+            .recv_timeout(Duration::from_secs(5))
+            .ok()
+            .and_then(|a| a.parse().ok());
         Ok(hub)
     }
 

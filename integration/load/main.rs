@@ -9,6 +9,7 @@
 //! Layout: `wsclient` (a cheap raw WebSocket client), `hub` (simulator and amihub process),
 //! `scenario` (one run, with deadlines), `procfs` (RSS/CPU), `hist` (latency histogram).
 
+mod ami;
 mod hist;
 mod hub;
 mod procfs;
@@ -64,6 +65,10 @@ struct Args {
     /// With --matrix: run only the rows whose name contains this text.
     #[arg(long)]
     only: Option<String>,
+    /// Measure the AMI listener: action round trip vs a direct connection, and events/s to
+    /// `--clients` AMI clients at `--rate` for `--duration`.
+    #[arg(long)]
+    ami: bool,
     /// Tokio worker threads for the clients (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -495,6 +500,15 @@ fn main() -> anyhow::Result<()> {
         println!("WARNING: the machine is busy; amihub and this tool compete with that load");
     }
     println!();
+
+    if args.ami {
+        watchdog(Duration::from_secs(args.duration + 120));
+        let clients = args.clients.unwrap_or(100);
+        let res = rt.block_on(ami::run(&exe, clients, args.rate, args.duration));
+        rt.shutdown_timeout(Duration::from_secs(1));
+        res?;
+        return Ok(());
+    }
 
     if args.matrix {
         let rows: Vec<Row> = matrix(&args)

@@ -3,6 +3,7 @@
 //! deadline, never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod ami;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};

@@ -66,6 +66,15 @@ impl PasswordPool {
     }
 }
 
+/// Whether `password` matches the argon2 PHC string `hash` (slow: run it off async workers).
+pub fn matches(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
 fn verifier(rx: &Mutex<Receiver<Job>>) {
     // SAFETY: setpriority(2) on the calling thread (Linux: PRIO_PROCESS with who = 0 is the
     // calling thread), with no pointers involved.
@@ -83,11 +92,6 @@ fn verifier(rx: &Mutex<Receiver<Job>>) {
         if job.reply.is_closed() {
             continue;
         }
-        let ok = PasswordHash::new(&job.hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(job.password.as_bytes(), &parsed)
-                .is_ok()
-        });
-        let _ = job.reply.send(ok);
+        let _ = job.reply.send(matches(&job.hash, &job.password));
     }
 }

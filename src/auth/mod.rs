@@ -237,7 +237,17 @@ struct User {
     name: String,
     password_hash: Option<String>,
     token: Option<String>,
+    ami_secret: Option<String>,
+    ami_default_server: Option<String>,
     rights: Arc<Rights>,
+}
+
+/// A user logged in to the AMI listener.
+#[derive(Debug, Clone)]
+pub struct AmiUser {
+    pub identity: Identity,
+    /// Where actions without a `Server:` header go.
+    pub default_server: Option<String>,
 }
 
 /// Checks credentials against the configured users; built once from the settings.
@@ -266,6 +276,8 @@ impl Authenticator {
                 name: u.name.clone(),
                 password_hash: u.password_hash.clone(),
                 token: u.token.clone(),
+                ami_secret: u.ami_secret.clone(),
+                ami_default_server: u.ami_default_server.clone(),
                 rights: Arc::new(Rights::from_user(u)),
             })
             .collect();
@@ -365,6 +377,74 @@ impl Authenticator {
             }
             _ => Err(AuthError::Invalid),
         }
+    }
+
+    /// An AMI listener login (`Username`/`Secret` or MD5 `Key`), judged like an HTTP request:
+    /// the secret is the user's password or token; an MD5 key must be made with its
+    /// `ami_secret`. With no users configured, loopback peers log in as anonymous.
+    pub fn ami_login(
+        &self,
+        credentials: &crate::amisrv::login::Credentials,
+        peer: IpAddr,
+    ) -> Result<AmiUser, AuthError> {
+        use crate::amisrv::login::{md5_key, Credentials};
+        if self.is_open() {
+            if peer.is_loopback() || self.open_remote {
+                return Ok(AmiUser {
+                    identity: Identity {
+                        name: "anonymous".into(),
+                        rights: Arc::new(Rights::everything()),
+                    },
+                    default_server: None,
+                });
+            }
+            return Err(AuthError::RemoteWithoutUsers);
+        }
+        let name = credentials.user();
+        let identity = match credentials {
+            Credentials::Secret { user, secret } => {
+                let by_token = self
+                    .by_token(secret)
+                    .ok()
+                    .filter(|identity| identity.name == *user);
+                match by_token {
+                    Some(identity) => identity,
+                    // The AMI session runs this on a blocking thread, so argon2 runs here.
+                    None => match self.by_password(user.clone(), secret.clone()) {
+                        Verdict::Done(result) => result?,
+                        Verdict::Verify(check) => {
+                            let ok = hasher::matches(&check.hash, &check.password);
+                            self.verified(&check, ok)?
+                        }
+                    },
+                }
+            }
+            Credentials::Md5 {
+                user,
+                challenge,
+                key,
+            } => {
+                let secret = self
+                    .users
+                    .iter()
+                    .find(|u| u.name == *user)
+                    .and_then(|u| u.ami_secret.as_deref())
+                    .ok_or(AuthError::Invalid)?;
+                if !ct_eq(md5_key(challenge, secret).as_bytes(), key.as_bytes()) {
+                    return Err(AuthError::Invalid);
+                }
+                self.identity_for(user)
+            }
+        };
+        let default_server = self
+            .users
+            .iter()
+            .find(|u| u.name == name)
+            .and_then(|u| u.ami_default_server.clone());
+        Ok(AmiUser {
+            identity,
+            default_server,
+        })
     }
 
     fn identity_for(&self, name: &str) -> Identity {

@@ -55,21 +55,27 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
     .shutdown_timeout(5)
     .on_connect(record_socket);
     let server = match (&http.tls_cert, &http.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls_err =
-                |file: &std::path::Path, e: openssl::error::ErrorStack| ListenError::Tls {
-                    file: file.display().to_string(),
-                    message: e.to_string(),
-                };
-            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
-                .map_err(|e| tls_err(cert, e))?;
-            b.set_private_key_file(key, SslFiletype::PEM)
-                .map_err(|e| tls_err(key, e))?;
-            b.set_certificate_chain_file(cert)
-                .map_err(|e| tls_err(cert, e))?;
-            server.listen_openssl(listener, b)?
-        }
+        (Some(cert), Some(key)) => server.listen_openssl(listener, tls_acceptor(cert, key)?)?,
         _ => server.listen(listener)?,
     };
     Ok(server.run())
+}
+
+/// A TLS acceptor (Mozilla's intermediate profile) for a PEM certificate chain and key; the
+/// HTTP listener and the AMI listener share it.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<openssl::ssl::SslAcceptorBuilder, ListenError> {
+    let tls_err = |file: &std::path::Path, e: openssl::error::ErrorStack| ListenError::Tls {
+        file: file.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut b =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|e| tls_err(cert, e))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| tls_err(key, e))?;
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| tls_err(cert, e))?;
+    Ok(b)
 }

@@ -21,8 +21,9 @@ use crate::auth::limiter::FailureLimiter;
 use crate::auth::{Authenticator, Identity};
 use crate::config::Settings;
 use crate::metrics::{Metrics, SharedMetrics};
+use crate::registry::session::{SessionIo, SessionSlot};
 use crate::registry::Registry;
-use crate::ws::outbound::{OutboundStream, SessionIo, SessionSlot};
+use crate::ws::outbound::OutboundStream;
 use crate::ws::session::WsSession;
 pub use budget::ActionBudget;
 pub use gate::gate;
@@ -135,7 +136,8 @@ async fn ws_upgrade(
     let Some(identity) = req.extensions().get::<Identity>().cloned() else {
         return Ok(HttpResponse::Unauthorized().json(json!({"error": "authentication required"})));
     };
-    let Some(slot) = SessionSlot::acquire(&state.metrics, limits.max_sessions) else {
+    let Some(slot) = SessionSlot::acquire(&state.metrics, |m| &m.ws_sessions, limits.max_sessions)
+    else {
         Metrics::inc(&state.metrics.ws_refused_sessions_total);
         return Ok(HttpResponse::ServiceUnavailable()
             .json(json!({"error": "max_sessions reached", "max_sessions": limits.max_sessions})));

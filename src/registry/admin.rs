@@ -160,15 +160,10 @@ impl Handler<DropServer> for Registry {
         self.fail_server(ctx, msg.id, &format!("server {} was removed", msg.id));
         // Tell the sessions that may see it while it is still listed, then forget it and log
         // off; the actor's own stop accounts for the connection (`PbxConn::stopped`).
-        let frame = encode_status(&tag, ServerStatus::Disconnected.as_str(), "removed");
-        self.broadcast(
-            ctx,
-            msg.id,
-            &[Outgoing {
-                frame,
-                packet: None,
-            }],
-        );
+        let status = ServerStatus::Disconnected.as_str();
+        let frame = encode_status(&tag, status, "removed");
+        let notice = crate::amisrv::render::status_event(status, "removed");
+        self.broadcast(ctx, msg.id, &[Outgoing::notice(frame, Some(notice))]);
         if let Some(entry) = self.servers.remove(&msg.id) {
             let addr = entry.addr;
             actix::spawn(async move {
@@ -246,7 +241,7 @@ impl Handler<CloseUserSessions> for Registry {
         for id in &ids {
             if let Some(s) = self.sessions.map.remove(id) {
                 self.pending.map.retain(|_, p| p.session() != Some(*id));
-                s.close.do_send(crate::ws::session::CloseSession {
+                s.close.do_send(super::session::CloseSession {
                     code: msg.code,
                     reason: msg.reason.clone(),
                 });

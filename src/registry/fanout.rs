@@ -1,5 +1,6 @@
 //! The session table and fan-out: shares each rendered frame with every session allowed to see
-//! it, counts the bytes queued per session, and reports sessions past their bound.
+//! it, counts the bytes queued per session, and reports sessions past their bound. A batch is
+//! rendered at most once per [`Format`], and only in the formats some receiving session uses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,17 +9,85 @@ use actix::Recipient;
 use bytestring::ByteString;
 
 use crate::ami::Packet;
+use crate::amisrv::render::{render_packet, IdRewrite};
 use crate::auth::Rights;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::ws::outbound::SessionIo;
-use crate::ws::session::{CloseSession, Deliver};
 
+use super::session::{CloseSession, Deliver, Format, SessionIo};
 use super::subscription::Subscription;
 
 /// A frame on its way to sessions; `packet` (for events) lets per-session filters look inside.
 pub struct Outgoing {
+    /// The JSON rendering (rendered once, by the PBX actor or the registry).
     pub frame: ByteString,
     pub packet: Option<Packet>,
+    /// For a packet carrying a requester's restored ActionID (a UserEvent): that id.
+    pub action_id: Option<String>,
+    /// What AMI sessions get for a frame that is no PBX packet (a status change); None = nothing.
+    pub ami_notice: Option<Packet>,
+}
+
+impl Outgoing {
+    /// A PBX packet.
+    pub fn packet(frame: ByteString, packet: Packet, action_id: Option<String>) -> Outgoing {
+        Outgoing {
+            frame,
+            packet: Some(packet),
+            action_id,
+            ami_notice: None,
+        }
+    }
+
+    /// A frame of amihub's own, with what AMI sessions get instead (None: it is JSON only).
+    pub fn notice(frame: ByteString, ami_notice: Option<Packet>) -> Outgoing {
+        Outgoing {
+            frame,
+            packet: None,
+            action_id: None,
+            ami_notice,
+        }
+    }
+
+    /// The AMI text of this frame, or None when AMI sessions get nothing for it.
+    fn render_ami(&self, server: &str) -> Option<ByteString> {
+        let id = self
+            .action_id
+            .as_deref()
+            .map_or(IdRewrite::Keep, IdRewrite::Restore);
+        self.packet
+            .as_ref()
+            .or(self.ami_notice.as_ref())
+            .map(|p| render_packet(p, Some(server), id))
+    }
+}
+
+/// A batch's renderings, each made on first use and then shared.
+struct Rendered<'a> {
+    batch: &'a [Outgoing],
+    server: &'a str,
+    /// Per format: every frame (None = not for that format), and the whole batch as one Arc.
+    frames: [Option<Vec<Option<ByteString>>>; Format::COUNT],
+    shared: [Option<(Arc<[ByteString]>, usize)>; Format::COUNT],
+}
+
+impl<'a> Rendered<'a> {
+    fn frames(&mut self, format: Format) -> &[Option<ByteString>] {
+        let (batch, server) = (self.batch, self.server);
+        self.frames[format.index()].get_or_insert_with(|| match format {
+            Format::Json => batch.iter().map(|o| Some(o.frame.clone())).collect(),
+            Format::Ami => batch.iter().map(|o| o.render_ami(server)).collect(),
+        })
+    }
+
+    fn shared(&mut self, format: Format) -> (Arc<[ByteString]>, usize) {
+        if let Some(s) = &self.shared[format.index()] {
+            return s.clone();
+        }
+        let frames: Arc<[ByteString]> = self.frames(format).iter().flatten().cloned().collect();
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        self.shared[format.index()] = Some((frames.clone(), bytes));
+        (frames, bytes)
+    }
 }
 
 /// One joined session.
@@ -28,6 +97,7 @@ pub struct SessionEntry {
     pub close: Recipient<CloseSession>,
     pub io: Arc<SessionIo>,
     pub rights: Arc<Rights>,
+    pub format: Format,
     pub subscription: Option<Subscription>,
     /// Outstanding actions of this session.
     pub pending: usize,
@@ -40,7 +110,11 @@ impl SessionEntry {
     }
 
     fn admits(&self, out: &Outgoing) -> bool {
-        let Some(p) = &out.packet else { return true };
+        let Some(p) = &out.packet else {
+            // amihub's notices: AMI sessions with events off take no events at all.
+            return !(self.format == Format::Ami
+                && self.subscription.as_ref().is_some_and(|s| s.events_off()));
+        };
         let Some(event) = p.event() else { return true };
         self.rights.may_see_event(event) && self.subscription.as_ref().is_none_or(|s| s.admits(p))
     }
@@ -97,37 +171,49 @@ impl Sessions {
             return false;
         }
         entry.io.add_queued(bytes);
-        Metrics::add(&self.metrics.ws_messages_out_total, frames.len() as u64);
-        Metrics::add(&self.metrics.ws_bytes_out_total, bytes as u64);
+        let (messages, out) = match entry.format {
+            Format::Json => (
+                &self.metrics.ws_messages_out_total,
+                &self.metrics.ws_bytes_out_total,
+            ),
+            Format::Ami => (
+                &self.metrics.ami_messages_out_total,
+                &self.metrics.ami_bytes_out_total,
+            ),
+        };
+        Metrics::add(messages, frames.len() as u64);
+        Metrics::add(out, bytes as u64);
         entry.out.do_send(Deliver { frames });
         true
     }
 
     /// Sends a server's frames to every session that may see them; returns the sessions that
-    /// fell behind. Sessions that take everything share one `Arc` of the frames.
+    /// fell behind. Sessions of one format that take everything share one `Arc` of the frames.
     pub fn broadcast(&self, server: (u32, &str), batch: &[Outgoing]) -> Vec<u64> {
         if batch.is_empty() || self.map.is_empty() {
             return Vec::new();
         }
-        let mut shared: Option<(Arc<[ByteString]>, usize)> = None;
+        let mut rendered = Rendered {
+            batch,
+            server: server.1,
+            frames: Default::default(),
+            shared: Default::default(),
+        };
         let mut slow = Vec::new();
         for (id, entry) in &self.map {
             if !entry.sees_server(server.0, server.1) {
                 continue;
             }
             let ok = if entry.takes_all() {
-                let (frames, bytes) = shared
-                    .get_or_insert_with(|| {
-                        let bytes = batch.iter().map(|o| o.frame.len()).sum();
-                        (batch.iter().map(|o| o.frame.clone()).collect(), bytes)
-                    })
-                    .clone();
-                self.push(entry, frames, bytes)
+                let (frames, bytes) = rendered.shared(entry.format);
+                frames.is_empty() || self.push(entry, frames, bytes)
             } else {
-                let frames: Vec<ByteString> = batch
+                let frames: Vec<ByteString> = rendered
+                    .frames(entry.format)
                     .iter()
-                    .filter(|o| entry.admits(o))
-                    .map(|o| o.frame.clone())
+                    .zip(batch)
+                    .filter(|(f, o)| f.is_some() && entry.admits(o))
+                    .filter_map(|(f, _)| f.clone())
                     .collect();
                 let bytes = frames.iter().map(|f| f.len()).sum();
                 frames.is_empty() || self.push(entry, frames.into(), bytes)

@@ -1,13 +1,15 @@
-//! The registry actor: server_id -> PBX actor, the set of WebSocket sessions, and ActionID routing.
+//! The registry actor: server_id -> PBX actor, the set of sessions (WebSocket and AMI front ends,
+//! which speak the [`session`] protocol), and ActionID routing.
 //!
 //! It decides who receives each packet: unsolicited events go to every session allowed to see
-//! them (the JSON rendered once and shared), responses and list events go only to whoever asked,
-//! with their own ActionID. It never waits for a session: bytes queued per session are counted
-//! and a session past its bound is cut loose with 4008.
+//! them (rendered once per format and shared), responses and list events go only to whoever
+//! asked, with their own ActionID. It never waits for a session: bytes queued per session are
+//! counted and a session past its bound is cut loose (4008 on the WebSocket).
 
 mod admin;
 pub mod fanout;
 pub mod pending;
+pub mod session;
 pub mod subscription;
 
 use std::collections::BTreeMap;
@@ -18,15 +20,14 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::ami::{Action, Limits, Packet};
+use crate::amisrv::render::{render_packet, render_reply, status_event, IdRewrite};
 use crate::auth::Rights;
 use crate::config::{LimitSettings, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::pbx::{PbxConn, SendAction, ServerStatus, Shutdown as PbxShutdown};
-use crate::ws::outbound::SessionIo;
 use crate::ws::protocol::{
     encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, ServerTag,
 };
-use crate::ws::session::{CloseSession, Deliver};
 pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
     ServerInfo, ServerState, SessionInfo,
@@ -34,6 +35,7 @@ pub use admin::{
 use fanout::{Outgoing, SessionEntry, Sessions};
 pub use pending::{ActionFailure, Collected};
 use pending::{Pending, PendingTable, ReplyTo, Token, ID_PREFIX};
+use session::{CloseSession, Deliver, Format, SessionIo};
 pub use subscription::Subscription;
 
 /// Longest a PBX's batch is held back while every session is behind.
@@ -72,7 +74,7 @@ pub struct PbxStatusChanged {
     pub state_version: Option<u64>,
 }
 
-/// A WebSocket session joins: it receives current statuses, then what it may see.
+/// A session joins: a JSON session receives current statuses, then what it may see.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Join {
@@ -82,6 +84,9 @@ pub struct Join {
     pub close: Recipient<CloseSession>,
     pub io: Arc<SessionIo>,
     pub rights: Arc<Rights>,
+    pub format: Format,
+    /// What it receives from the start (AMI: the login's `Events:`); None = everything.
+    pub subscription: Option<Subscription>,
 }
 
 /// A session is gone.
@@ -91,15 +96,27 @@ pub struct Leave {
     pub session: u64,
 }
 
-/// An action from a session (already checked against the user's action allowlist), for one
-/// server or every server the user may act on.
+/// An action from a session (already checked against the user's action allowlist).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ClientRequest {
     pub session: u64,
     pub action: Action,
-    pub server: Option<u32>,
+    pub target: Target,
     pub client_id: Option<String>,
+}
+
+/// Which server(s) a client action goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One server by id (`AMIServerID`).
+    Id(u32),
+    /// Every server the user may act on (WebSocket without `AMIServerID`).
+    Every,
+    /// A server by name or id (AMI `Server:` header or the user's `ami_default_server`).
+    Named(String),
+    /// The only server the user may act on; an error naming the choices if there are several.
+    Sole,
 }
 
 /// Replace what a session receives (within its rights).
@@ -108,6 +125,14 @@ pub struct ClientRequest {
 pub struct Subscribe {
     pub session: u64,
     pub subscription: Subscription,
+}
+
+/// A session's rendering changed (the AMI listener's `SetOutputFormat`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetFormat {
+    pub session: u64,
+    pub format: Format,
 }
 
 /// Close every session with 1001 and log off every PBX.
@@ -182,12 +207,16 @@ impl Registry {
         id: Option<&str>,
         message: &str,
     ) {
-        let tag = server
-            .and_then(|s| self.servers.get(&s))
-            .map(|e| e.tag.clone());
-        let mut fields = vec![("Response", "Error"), ("Message", message)];
-        fields.extend(id.map(|id| ("ActionID", id)));
-        let frame = encode_reply(tag.as_ref(), &fields);
+        let tag = server.and_then(|s| self.servers.get(&s)).map(|e| &e.tag);
+        let fields = [("Response", "Error"), ("Message", message)];
+        let frame = match self.sessions.map.get(&session).map(|s| s.format) {
+            Some(Format::Ami) => render_reply(&fields, id, tag.map(|t| t.name.as_str())),
+            _ => {
+                let mut fields = fields.to_vec();
+                fields.extend(id.map(|id| ("ActionID", id)));
+                encode_reply(tag, &fields)
+            }
+        };
         self.reply(ctx, session, frame);
     }
 
@@ -206,7 +235,10 @@ impl Registry {
             return;
         };
         self.pending.map.retain(|_, p| p.session() != Some(session));
-        Metrics::inc(&self.metrics.ws_slow_consumer_closes_total);
+        Metrics::inc(match entry.format {
+            Format::Json => &self.metrics.ws_slow_consumer_closes_total,
+            Format::Ami => &self.metrics.ami_slow_consumer_closes_total,
+        });
         log::warn!(
             "session {session} ({}): slow consumer, closing with 4008",
             entry.user
@@ -282,13 +314,20 @@ impl Registry {
             return Some(packet);
         };
         let shown = p.shown_id(seq);
+        let own = p.client_id.clone();
         match &mut p.reply {
             ReplyTo::Session(session) => {
                 let session = *session;
                 if done {
                     self.finish(seq);
                 }
-                let frame = encode_packet(tag, &packet, Some(&shown));
+                let frame = match self.sessions.map.get(&session).map(|s| s.format) {
+                    Some(Format::Ami) => {
+                        let id = own.as_deref().map_or(IdRewrite::Remove, IdRewrite::Restore);
+                        render_packet(&packet, Some(&tag.name), id)
+                    }
+                    _ => encode_packet(tag, &packet, Some(&shown)),
+                };
                 self.reply(ctx, session, frame);
             }
             ReplyTo::Collect {
@@ -428,10 +467,7 @@ impl Registry {
         for item in msg.items {
             let packet = match item.json {
                 Some(frame) => {
-                    batch.push(Outgoing {
-                        frame,
-                        packet: Some(item.packet),
-                    });
+                    batch.push(Outgoing::packet(frame, item.packet, None));
                     continue;
                 }
                 None => item.packet,
@@ -457,10 +493,7 @@ impl Registry {
                 continue;
             }
             let frame = encode_packet(&tag, &packet, restored.as_deref());
-            batch.push(Outgoing {
-                frame,
-                packet: Some(packet),
-            });
+            batch.push(Outgoing::packet(frame, packet, restored));
         }
         self.broadcast(ctx, msg.server_id, &batch);
         if let Some(version) = msg.state_version {
@@ -506,14 +539,7 @@ impl Registry {
         if let Some(banner) = msg.banner {
             let frame = encode_prompt(&tag, &banner);
             server.banner = banner;
-            self.broadcast(
-                ctx,
-                msg.server_id,
-                &[Outgoing {
-                    frame,
-                    packet: None,
-                }],
-            );
+            self.broadcast(ctx, msg.server_id, &[Outgoing::notice(frame, None)]);
             return;
         }
         if msg.status != ServerStatus::Connecting {
@@ -538,14 +564,8 @@ impl Registry {
             .map(|v| ("StateVersion", v.as_str()))
             .collect();
         let frame = encode_status_with(&tag, msg.status.as_str(), &msg.reason, &extra);
-        self.broadcast(
-            ctx,
-            msg.server_id,
-            &[Outgoing {
-                frame,
-                packet: None,
-            }],
-        );
+        let notice = status_event(msg.status.as_str(), &msg.reason);
+        self.broadcast(ctx, msg.server_id, &[Outgoing::notice(frame, Some(notice))]);
         if was_connected && msg.status != ServerStatus::Connected {
             let text = format!("Server {} disconnected: {}", msg.server_id, msg.reason);
             self.fail_server(ctx, msg.server_id, &text);
@@ -564,10 +584,13 @@ impl Handler<Join> for Registry {
             });
             return;
         }
+        // AMI clients expect nothing unsolicited at login; they hear of later status changes.
         let statuses: Vec<ByteString> = self
             .servers
             .values()
-            .filter(|s| msg.rights.may_see_server(s.tag.id, &s.tag.name))
+            .filter(|s| {
+                msg.format == Format::Json && msg.rights.may_see_server(s.tag.id, &s.tag.name)
+            })
             .map(|s| encode_status(&s.tag, s.status.as_str(), &s.reason))
             .collect();
         self.sessions.map.insert(
@@ -578,7 +601,8 @@ impl Handler<Join> for Registry {
                 close: msg.close,
                 io: msg.io,
                 rights: msg.rights,
-                subscription: None,
+                format: msg.format,
+                subscription: msg.subscription,
                 pending: 0,
             },
         );
@@ -609,6 +633,16 @@ impl Handler<Subscribe> for Registry {
     }
 }
 
+impl Handler<SetFormat> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetFormat, _ctx: &mut Context<Self>) {
+        if let Some(s) = self.sessions.map.get_mut(&msg.session) {
+            s.format = msg.format;
+        }
+    }
+}
+
 impl Handler<ClientRequest> for Registry {
     type Result = ();
 
@@ -622,7 +656,39 @@ impl Handler<ClientRequest> for Registry {
             return;
         };
         let visible = |id: &u32, s: &ServerEntry| rights.may_see_server(*id, &s.tag.name);
-        let targets: Vec<u32> = match req.server {
+        let named = match &req.target {
+            Target::Named(name) => match self.find_server(name) {
+                Some(id) => Some(id),
+                None => {
+                    let msg = format!("Unknown server {name:?} ({})", self.choices(&rights));
+                    let id = req.client_id.as_deref();
+                    return self.error_reply(ctx, req.session, None, id, &msg);
+                }
+            },
+            Target::Sole => {
+                let mine: Vec<u32> = self
+                    .servers
+                    .iter()
+                    .filter(|(id, s)| visible(id, s))
+                    .map(|(id, _)| *id)
+                    .collect();
+                match mine[..] {
+                    [only] => Some(only),
+                    [] => None,
+                    _ => {
+                        let msg = format!(
+                            "Which server? Add a Server: header ({})",
+                            self.choices(&rights)
+                        );
+                        let id = req.client_id.as_deref();
+                        return self.error_reply(ctx, req.session, None, id, &msg);
+                    }
+                }
+            }
+            Target::Id(id) => Some(*id),
+            Target::Every => None,
+        };
+        let targets: Vec<u32> = match named {
             Some(id) => match self.servers.get(&id) {
                 Some(s) if !visible(&id, s) => {
                     Metrics::inc(&self.metrics.actions_refused_total);
@@ -675,6 +741,38 @@ impl Handler<ClientRequest> for Registry {
                 };
                 self.error_reply(ctx, req.session, server, shown, &text);
             }
+        }
+    }
+}
+
+impl Registry {
+    /// A server by id or name.
+    fn find_server(&self, name: &str) -> Option<u32> {
+        let by_id = name
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|id| self.servers.contains_key(id));
+        by_id.or_else(|| {
+            self.servers
+                .iter()
+                .find(|(_, s)| s.tag.name.eq_ignore_ascii_case(name.trim()))
+                .map(|(id, _)| *id)
+        })
+    }
+
+    /// "one of: pbx1 (1), pbx2 (2)": the servers `rights` may act on, for error messages.
+    fn choices(&self, rights: &Rights) -> String {
+        let names: Vec<String> = self
+            .servers
+            .values()
+            .filter(|s| rights.may_see_server(s.tag.id, &s.tag.name))
+            .map(|s| format!("{} ({})", s.tag.name, s.tag.id))
+            .collect();
+        if names.is_empty() {
+            "no server is permitted for this user".into()
+        } else {
+            format!("one of: {}", names.join(", "))
         }
     }
 }

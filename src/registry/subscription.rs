@@ -27,6 +27,9 @@ pub struct Subscription {
     pub servers: Option<Allow>,
     pub events: Option<Allow>,
     pub filters: Vec<Filter>,
+    /// Asterisk event classes an AMI session asked for (`Events:` at login, `Action: Events`),
+    /// matched against an event's `Privilege:`: None = every class, an empty set = events off.
+    pub classes: Option<Allow>,
 }
 
 /// Why a Subscribe was refused.
@@ -77,12 +80,33 @@ impl Subscription {
             servers: servers.map(|s| Allow::from_list(&s)),
             events: events.map(|e| Allow::from_list(&e)),
             filters,
+            classes: None,
         })
+    }
+
+    /// Parses an AMI `Events:` / `EventMask:` value: `on`, `off`, or a class list.
+    pub fn set_event_mask(&mut self, mask: &str) {
+        let mask = mask.trim();
+        self.classes = if mask.eq_ignore_ascii_case("on") || mask.eq_ignore_ascii_case("all") {
+            None
+        } else if mask.eq_ignore_ascii_case("off") || mask.is_empty() {
+            Some(Allow::from_list::<&str>(&[]))
+        } else {
+            let list: Vec<&str> = mask.split(',').map(str::trim).collect();
+            Some(Allow::from_list(&list))
+        };
+    }
+
+    /// True when this session takes no events (`Events: off`).
+    pub fn events_off(&self) -> bool {
+        matches!(&self.classes, Some(Allow::Only(set)) if set.is_empty())
     }
 
     /// True when the subscription does not narrow events at all.
     pub fn events_all(&self) -> bool {
-        self.events.as_ref().is_none_or(Allow::is_all) && self.filters.is_empty()
+        self.events.as_ref().is_none_or(Allow::is_all)
+            && self.filters.is_empty()
+            && self.classes.is_none()
     }
 
     pub fn sees_server(&self, id: u32, name: &str) -> bool {
@@ -96,6 +120,19 @@ impl Subscription {
     pub fn admits(&self, p: &Packet) -> bool {
         if let (Some(events), Some(name)) = (&self.events, p.event()) {
             if !events.allows(name) {
+                return false;
+            }
+        }
+        if let Some(classes) = &self.classes {
+            // An event without Privilege belongs to no class: it goes to sessions with events on.
+            let privilege = p.get("Privilege");
+            let admitted = match privilege {
+                Some(list) => list
+                    .split(',')
+                    .any(|c| c.trim() != "all" && classes.allows(c.trim())),
+                None => !self.events_off(),
+            };
+            if p.event().is_some() && !admitted {
                 return false;
             }
         }
@@ -176,6 +213,19 @@ mod tests {
             Subscription::new(Some(vec!["2".into()]), Some(vec!["hangup".into()]), vec![]).unwrap();
         assert!(s.admits(&ev("Hangup", "x")) && !s.admits(&ev("Newchannel", "x")));
         assert!(s.sees_server(2, "b") && !s.sees_server(1, "a"));
+    }
+
+    #[test]
+    fn event_mask_matches_privilege_classes() {
+        let call = Packet::from_headers([("Event", "Newchannel"), ("Privilege", "call,all")]);
+        let user = Packet::from_headers([("Event", "UserEvent"), ("Privilege", "user,all")]);
+        let mut s = Subscription::default();
+        s.set_event_mask("user");
+        assert!(s.admits(&user) && !s.admits(&call) && !s.events_all());
+        s.set_event_mask("off");
+        assert!(s.events_off() && !s.admits(&user));
+        s.set_event_mask("on");
+        assert!(s.admits(&call) && s.events_all());
     }
 
     #[test]

@@ -7,7 +7,6 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 use serde_json::{json, Map, Value};
 
-use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 use crate::registry::{
     AddServer, DropServer, ListServers, ListSessions, ServerState, Subscribe, Subscription,
@@ -163,19 +162,7 @@ impl WsSession {
                     .get("Server")
                     .cloned()
                     .ok_or_else(|| "AddServer needs \"Server\": {…}".to_string())
-                    .and_then(|v| {
-                        serde_json::from_value::<ServerSettings>(v).map_err(|e| e.to_string())
-                    })
-                    .and_then(|s| {
-                        // Paths on the amihub host are config-file only: a web admin must not
-                        // make amihub read (and send) arbitrary files.
-                        if s.secret_file.is_some() || s.tls_ca.is_some() {
-                            Err("secret_file and tls_ca can only be set in the config file".into())
-                        } else {
-                            Ok(s)
-                        }
-                    })
-                    .and_then(|s| crate::config::validate_server(s).map_err(|e| e.join("; ")));
+                    .and_then(crate::config::runtime_server);
                 let settings = match settings {
                     Ok(s) => Arc::new(s),
                     Err(e) => return self.fail(ctx, &format!("AddServer: {e}")),

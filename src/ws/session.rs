@@ -12,60 +12,9 @@ use bytestring::ByteString;
 use crate::auth::Identity;
 use crate::config::LimitSettings;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::registry::{ClientRequest, Join, Leave, Registry};
-use crate::ws::outbound::SessionIo;
+use crate::registry::session::{CloseSession, Deliver, Format, SessionIo, TokenBucket};
+use crate::registry::{ClientRequest, Join, Leave, Registry, Target};
 use crate::ws::protocol::{encode_reply, parse_client, ClientMessage};
-
-/// Frames to write, shared with every other session that receives them.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    pub frames: Arc<[ByteString]>,
-}
-
-/// Close this session with a WebSocket close code (1001 at shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseSession {
-    pub code: u16,
-    pub reason: String,
-}
-
-/// A token bucket: `rate` tokens per second, bursts up to `burst`.
-pub(super) struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32) -> TokenBucket {
-        TokenBucket::with_burst(rate, rate)
-    }
-
-    fn with_burst(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket {
-            rate: rate as f64,
-            burst: burst as f64,
-            tokens: burst as f64,
-            last: Instant::now(),
-        }
-    }
-
-    pub(super) fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// One browser connection.
 pub struct WsSession {
@@ -221,7 +170,7 @@ impl WsSession {
                 Ok(()) => self.registry.do_send(ClientRequest {
                     session: self.id,
                     action,
-                    server,
+                    target: server.map_or(Target::Every, Target::Id),
                     client_id,
                 }),
             },
@@ -241,6 +190,8 @@ impl Actor for WsSession {
             out: ctx.address().recipient(),
             close: ctx.address().recipient(),
             io: self.io.clone(),
+            format: Format::Json,
+            subscription: None,
         });
         let every = Duration::from_secs(self.limits.ws_ping_interval_s);
         let idle = Duration::from_secs(self.limits.ws_idle_timeout_s);

@@ -1,0 +1,199 @@
+//! The session side of the registry: the protocol every front end (the WebSocket, the AMI
+//! listener) implements to receive what the registry routes to it. A session joins with a
+//! [`Format`], a `Recipient<Deliver>` and a `Recipient<CloseSession>` and a shared [`SessionIo`]
+//! whose queued bytes the registry bounds; it never learns how the registry routes.
+//!
+//! This module knows no front end: the WebSocket and AMI modules import it, never the reverse.
+
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
+
+use crate::metrics::{Metrics, SharedMetrics};
+
+/// How a session wants packets rendered; each format is rendered at most once per broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// The SPEC §4 JSON envelope (WebSocket; the AMI listener's `OutputFormat: json`).
+    Json,
+    /// AMI text with a `Server:` header (the AMI listener).
+    Ami,
+}
+
+impl Format {
+    /// Index into per-format caches.
+    pub const COUNT: usize = 2;
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Frames to write, shared with every other session that receives them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub frames: Arc<[ByteString]>,
+}
+
+/// Close this session (WebSocket close code: 1001 at shutdown, 4001 when credentials changed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// A token bucket: `rate` tokens per second, bursts up to `burst` (`rate` unless given).
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32) -> TokenBucket {
+        TokenBucket::with_burst(rate, rate)
+    }
+
+    pub fn with_burst(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the session is over its rate.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Shared between the registry, a session actor and its socket writer: the bytes queued towards
+/// one client, and the order to drop them and close.
+pub struct SessionIo {
+    queued: AtomicUsize,
+    aborted: AtomicBool,
+    close: Mutex<Option<(u16, String)>>,
+    waker: AtomicWaker,
+    /// The connection's socket and peer, only to shut it down; forgotten when the body drops.
+    socket: Mutex<Option<(RawFd, SocketAddr)>>,
+    /// Released when the last reference goes: the open-session count.
+    _slot: Option<SessionSlot>,
+}
+
+/// Picks one front end's open-session gauge out of the metrics.
+pub type Gauge = fn(&Metrics) -> &AtomicU64;
+
+/// Counts one open session in a front end's gauge (`ws_sessions`, `ami_sessions`) for as long
+/// as it lives.
+pub struct SessionSlot(SharedMetrics, Gauge);
+
+impl SessionSlot {
+    /// Takes a slot if fewer than `max` sessions of this front end are open.
+    pub fn acquire(metrics: &SharedMetrics, gauge: Gauge, max: usize) -> Option<SessionSlot> {
+        gauge(metrics)
+            .fetch_update(Relaxed, Relaxed, |n| (n < max as u64).then_some(n + 1))
+            .ok()
+            .map(|_| SessionSlot(metrics.clone(), gauge))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Relaxed);
+    }
+}
+
+impl SessionIo {
+    pub fn new(socket: Option<(RawFd, SocketAddr)>, slot: Option<SessionSlot>) -> Arc<SessionIo> {
+        Arc::new(SessionIo {
+            queued: AtomicUsize::new(0),
+            aborted: AtomicBool::new(false),
+            close: Mutex::new(None),
+            waker: AtomicWaker::new(),
+            socket: Mutex::new(socket),
+            _slot: slot,
+        })
+    }
+
+    /// Bytes queued and not yet taken by the socket writer.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
+
+    pub fn add_queued(&self, n: usize) {
+        self.queued.fetch_add(n, Relaxed);
+    }
+
+    /// The writer took `n` bytes for the socket.
+    pub fn sub_queued(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(n)));
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Relaxed)
+    }
+
+    /// Drops what is queued and closes with `code`; wakes the body so it happens promptly.
+    pub fn abort(&self, code: u16, reason: &str) {
+        if let Ok(mut close) = self.close.lock() {
+            *close = Some((code, reason.to_string()));
+        }
+        self.aborted.store(true, Relaxed);
+        self.waker.wake();
+    }
+
+    /// Shuts the socket down if the connection is still open (a client that stopped reading).
+    pub fn kill(&self) {
+        let Ok(guard) = self.socket.lock() else {
+            return;
+        };
+        if let Some((fd, peer)) = *guard {
+            // SAFETY: shutdown/getpeername on a descriptor number are harmless even if it was
+            // closed meanwhile; the peer check makes sure it is still this session's socket.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let sock = socket2::SockRef::from(&fd);
+            if sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer) {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// The close code and reason given to [`SessionIo::abort`].
+    pub fn close_reason(&self) -> Option<(u16, String)> {
+        self.close.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Wakes this task when the session is aborted (one writer per session).
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Forgets the socket (its connection is gone), so `kill` never touches a reused descriptor.
+    pub fn release_socket(&self) {
+        if let Ok(mut guard) = self.socket.lock() {
+            guard.take();
+        }
+    }
+}
