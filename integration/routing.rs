@@ -537,7 +537,10 @@ async fn an_events_list_narrows_broadcasts_never_the_reply_to_ones_own_action() 
         .http(
             "POST",
             "/api/v1/servers/1/actions",
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             r#"{"Action":"QueueStatus"}"#,
         )
         .await;
