@@ -150,6 +150,48 @@ async fn a_bad_secret_is_answered_after_a_delay_then_closed_and_counted() {
 }
 
 #[tokio::test]
+async fn an_address_over_the_failure_limit_is_refused_even_the_right_secret_while_another_logs_in()
+{
+    let (hub, _sim) = hub_with_one("").await;
+    let limited: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    let mut failing = tokio::task::JoinSet::new();
+    for i in 0..amihub::auth::limiter::MAX_FAILURES {
+        let addr = hub.ami_addr();
+        failing.spawn(async move {
+            let mut c = AmiClient::connect_from(addr, limited).await;
+            c.send(&format!(
+                "Action: Login\r\nActionID: bad-{i}\r\nUsername: viewer\r\nSecret: wrong\r\n\r\n"
+            ))
+            .await;
+            let reply = c.packet().await;
+            assert_eq!(header(&reply, "Message"), Some("Authentication failed"));
+            assert!(c.closed().await);
+        });
+    }
+    while let Some(done) = failing.join_next().await {
+        done.expect("a failing login");
+    }
+    let mut c = AmiClient::connect_from(hub.ami_addr(), limited).await;
+    c.send(&format!(
+        "Action: Login\r\nActionID: right\r\nUsername: admin\r\nSecret: {PASSWORD}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(
+        c.packet().await,
+        "Response: Error\r\nActionID: right\r\nMessage: Authentication failed\r\n\r\n",
+        "the right secret from a limited address"
+    );
+    assert!(c.closed().await, "closed as for a bad secret");
+    let (status, _) = hub
+        .http("GET", "/api/v1/servers", &[("Authorization", &basic())], "")
+        .await;
+    assert_eq!(status, 429, "HTTP from the same address shares the count");
+    let other: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let mut c = AmiClient::connect_from(hub.ami_addr(), other).await;
+    c.login("admin", PASSWORD, "off").await;
+}
+
+#[tokio::test]
 async fn challenge_md5_login_and_a_bad_key() {
     let (hub, _sim) = hub_with_one("").await;
     let mut c = AmiClient::connect(hub.ami_addr()).await;
