@@ -150,6 +150,48 @@ async fn a_bad_secret_is_answered_after_a_delay_then_closed_and_counted() {
 }
 
 #[tokio::test]
+async fn an_address_over_the_failure_limit_is_refused_even_the_right_secret_while_another_logs_in()
+{
+    let (hub, _sim) = hub_with_one("").await;
+    let limited: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    let mut failing = tokio::task::JoinSet::new();
+    for i in 0..amihub::auth::limiter::MAX_FAILURES {
+        let addr = hub.ami_addr();
+        failing.spawn(async move {
+            let mut c = AmiClient::connect_from(addr, limited).await;
+            c.send(&format!(
+                "Action: Login\r\nActionID: bad-{i}\r\nUsername: viewer\r\nSecret: wrong\r\n\r\n"
+            ))
+            .await;
+            let reply = c.packet().await;
+            assert_eq!(header(&reply, "Message"), Some("Authentication failed"));
+            assert!(c.closed().await);
+        });
+    }
+    while let Some(done) = failing.join_next().await {
+        done.expect("a failing login");
+    }
+    let mut c = AmiClient::connect_from(hub.ami_addr(), limited).await;
+    c.send(&format!(
+        "Action: Login\r\nActionID: right\r\nUsername: admin\r\nSecret: {PASSWORD}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(
+        c.packet().await,
+        "Response: Error\r\nActionID: right\r\nMessage: Authentication failed\r\n\r\n",
+        "the right secret from a limited address"
+    );
+    assert!(c.closed().await, "closed as for a bad secret");
+    let (status, _) = hub
+        .http("GET", "/api/v1/servers", &[("Authorization", &basic())], "")
+        .await;
+    assert_eq!(status, 429, "HTTP from the same address shares the count");
+    let other: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let mut c = AmiClient::connect_from(hub.ami_addr(), other).await;
+    c.login("admin", PASSWORD, "off").await;
+}
+
+#[tokio::test]
 async fn challenge_md5_login_and_a_bad_key() {
     let (hub, _sim) = hub_with_one("").await;
     let mut c = AmiClient::connect(hub.ami_addr()).await;
@@ -651,4 +693,79 @@ async fn asterisk_manager_works_alone_and_beside_a_client_with_colliding_action_
     let (hub, _sim) = hub_with_one("").await;
     run_client("node", "asterisk_manager_check.js", &hub, false).await;
     run_client("node", "asterisk_manager_check.js", &hub, true).await;
+}
+
+#[tokio::test]
+async fn the_listener_over_tls_greets_logs_in_and_pongs_and_a_plain_client_gets_no_banner() {
+    use std::pin::Pin;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = support::pki::pki("amihub AMI test CA");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key, ca) = p.write(dir.path());
+    let (hub, _sim) = hub_with_one(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).expect("tls");
+    b.set_ca_file(&ca).expect("ca");
+    let ssl = b
+        .build()
+        .configure()
+        .expect("config")
+        .into_ssl("127.0.0.1")
+        .expect("ssl");
+    let tcp = tokio::net::TcpStream::connect(hub.ami_addr())
+        .await
+        .expect("connect");
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    Pin::new(&mut tls).connect().await.expect("handshake");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut read_until =
+        async |tls: &mut tokio_openssl::SslStream<_>, got: &mut Vec<u8>, needle: &str| {
+            while !String::from_utf8_lossy(got).contains(needle) {
+                let n = tokio::time::timeout(PATIENCE, tls.read(&mut chunk))
+                    .await
+                    .expect("in time")
+                    .expect("read");
+                assert!(
+                    n > 0,
+                    "closed before {needle:?}: {}",
+                    String::from_utf8_lossy(got)
+                );
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+    read_until(&mut tls, &mut got, "\r\n").await;
+    assert!(String::from_utf8_lossy(&got).starts_with("Asterisk Call Manager/11.0.0\r\n"));
+    tls.write_all(
+        format!("Action: Login\r\nActionID: l\r\nUsername: admin\r\nSecret: {PASSWORD}\r\nEvents: off\r\n\r\nAction: Ping\r\nActionID: p\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    read_until(&mut tls, &mut got, "ActionID: p\r\n").await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        text.contains("Response: Success\r\nActionID: l\r\nMessage: Authentication accepted\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Response: Success\r\nActionID: p\r\nPing: Pong\r\n"),
+        "{text}"
+    );
+    let mut plain = tokio::net::TcpStream::connect(hub.ami_addr())
+        .await
+        .expect("connect");
+    plain
+        .write_all(b"Action: Ping\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut seen)).await;
+    assert!(
+        !String::from_utf8_lossy(&seen).contains("Asterisk Call Manager"),
+        "a plain client got {seen:?}"
+    );
 }

@@ -141,6 +141,8 @@ fn start_ami_listener(
         },
         metrics: state.metrics.clone(),
         next_session: state.next_session.clone(),
+        passwords: state.passwords.clone(),
+        failures: state.failures.clone(),
     };
     let Some(listener) = AmiListener::bind(shared).map_err(ServiceError::AmiListen)? else {
         return Ok(None);

@@ -30,6 +30,23 @@ impl AmiClient {
         let stream = TcpStream::connect(addr)
             .await
             .expect("connect to the AMI listener");
+        AmiClient::over(stream).await
+    }
+
+    /// Connects from the loopback address `from` (e.g. 127.0.0.2) and reads the banner line.
+    pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> AmiClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client socket");
+        let stream = socket
+            .connect(addr)
+            .await
+            .expect("connect to the AMI listener");
+        AmiClient::over(stream).await
+    }
+
+    async fn over(stream: TcpStream) -> AmiClient {
         let mut c = AmiClient {
             stream,
             buf: Vec::new(),

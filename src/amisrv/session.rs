@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -17,6 +17,8 @@ use super::login::{self, PreLogin, Step};
 use super::render::render_reply;
 use super::writer::{Out, WriterEnd};
 use crate::ami::{Action, Frame, Limits, Packet};
+use crate::auth::hasher::PasswordPool;
+use crate::auth::limiter::FailureLimiter;
 use crate::auth::{ActionRefused, AmiUser, Authenticator};
 use crate::config::{AmiListenerSettings, LimitSettings};
 use crate::metrics::{Metrics, SharedMetrics};
@@ -38,6 +40,10 @@ pub struct Shared {
     pub metrics: SharedMetrics,
     /// Session ids, shared with the WebSocket so they are unique in the registry.
     pub next_session: Arc<AtomicU64>,
+    /// The HTTP side's argon2 pool: one bound on password checks for every interface.
+    pub passwords: Arc<PasswordPool>,
+    /// The HTTP side's failure counts per client address, so AMI and HTTP failures add up.
+    pub failures: Arc<FailureLimiter>,
 }
 
 impl Shared {
@@ -316,13 +322,28 @@ impl AmiSession {
                 let auth = self.shared.auth();
                 let peer = self.peer.ip();
                 let user = credentials.user().to_string();
-                // argon2 is slow: off the actor's thread; nothing else is read meanwhile.
-                let check = async move {
-                    tokio::task::spawn_blocking(move || auth.ami_login(&credentials, peer)).await
-                };
+                if !auth.is_open() {
+                    if let Some(wait) = self.shared.failures.blocked(peer, Instant::now()) {
+                        log::warn!(
+                            "ami session {} ({}): address refused for {}s after too many failed logins",
+                            self.id,
+                            self.peer,
+                            wait.as_secs().max(1)
+                        );
+                        return self.login_failed(id, &user, ctx);
+                    }
+                }
+                let passwords = self.shared.passwords.clone();
+                // argon2 runs on the shared pool; nothing else is read meanwhile.
+                let check = async move { auth.ami_login(&credentials, peer, &passwords).await };
                 ctx.wait(check.into_actor(self).map(move |res, act, ctx| match res {
-                    Ok(Ok(user)) => act.logged_in(user, events, id, ctx),
-                    _ => act.login_failed(id, &user, ctx),
+                    Ok(user) => act.logged_in(user, events, id, ctx),
+                    Err(e) => {
+                        if e.is_failure() {
+                            act.shared.failures.failed(peer, Instant::now());
+                        }
+                        act.login_failed(id, &user, ctx)
+                    }
                 }));
             }
         }

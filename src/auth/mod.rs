@@ -381,11 +381,13 @@ impl Authenticator {
 
     /// An AMI listener login (`Username`/`Secret` or MD5 `Key`), judged like an HTTP request:
     /// the secret is the user's password or token; an MD5 key must be made with its
-    /// `ami_secret`. With no users configured, loopback peers log in as anonymous.
-    pub fn ami_login(
+    /// `ami_secret`. With no users configured, loopback peers log in as anonymous. argon2 runs
+    /// on `passwords`, the HTTP side's bounded pool.
+    pub async fn ami_login(
         &self,
         credentials: &crate::amisrv::login::Credentials,
         peer: IpAddr,
+        passwords: &hasher::PasswordPool,
     ) -> Result<AmiUser, AuthError> {
         use crate::amisrv::login::{md5_key, Credentials};
         if self.is_open() {
@@ -409,11 +411,13 @@ impl Authenticator {
                     .filter(|identity| identity.name == *user);
                 match by_token {
                     Some(identity) => identity,
-                    // The AMI session runs this on a blocking thread, so argon2 runs here.
                     None => match self.by_password(user.clone(), secret.clone()) {
                         Verdict::Done(result) => result?,
                         Verdict::Verify(check) => {
-                            let ok = hasher::matches(&check.hash, &check.password);
+                            let ok = passwords
+                                .verify(&check.hash, &check.password)
+                                .await
+                                .map_err(AuthError::Busy)?;
                             self.verified(&check, ok)?
                         }
                     },
