@@ -623,20 +623,8 @@ async fn http_from(from: &str, addr: SocketAddr, req: &[u8]) -> (u16, String) {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.bind(format!("{from}:0").parse().expect("source"))
         .expect("bind source");
-    let mut s = sock.connect(addr).await.expect("connect");
-    s.write_all(req).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
-        .await
-        .expect("http timeout")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
+    let s = sock.connect(addr).await.expect("connect");
+    let (status, head, _) = http_exchange(s, req).await;
     (status, head)
 }
 

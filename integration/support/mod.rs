@@ -331,7 +331,13 @@ pub async fn http_to(
 /// Writes `request` (any bytes, e.g. headers that are not UTF-8) to `addr` and reads until the
 /// server closes; returns status, head and (de-chunked) body.
 pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect http");
+    let s = TcpStream::connect(addr).await.expect("connect http");
+    http_exchange(s, request).await
+}
+
+/// Writes `request` on an already connected stream (e.g. one bound to a chosen source address)
+/// and reads until the server closes; returns status, head and (de-chunked) body.
+pub async fn http_exchange(mut s: TcpStream, request: &[u8]) -> (u16, String, String) {
     s.write_all(request).await.expect("write http");
     let mut buf = Vec::new();
     tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
