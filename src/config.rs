@@ -34,6 +34,11 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub ami_listener: AmiListenerSettings,
+    /// Call-quality thresholds (good / warn / bad) for the API, the dashboard and its colours.
+    #[serde(default)]
+    pub quality: crate::state::Thresholds,
+    #[serde(default)]
+    pub demo: DemoSettings,
     #[serde(default)]
     pub servers: Vec<ServerSettings>,
     #[serde(default)]
@@ -171,6 +176,22 @@ impl Default for AmiListenerSettings {
             banner: "Asterisk Call Manager/11.0.0".into(),
             auth_timeout_s: 30,
             max_sessions: 1000,
+        }
+    }
+}
+
+/// What `--demo`'s simulated PBXs do (`[demo]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSettings {
+    /// Gap between the RTCP reports of each simulated call (Asterisk's default is 5 s).
+    pub rtcp_interval_ms: u64,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        DemoSettings {
+            rtcp_interval_ms: 5_000,
         }
     }
 }
@@ -500,6 +521,10 @@ impl Settings {
         }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             problems.push("http.tls_cert and http.tls_key: set both or neither".into());
+        }
+        problems.extend(self.quality.problems());
+        if !(100..=60_000).contains(&self.demo.rtcp_interval_ms) {
+            problems.push("demo.rtcp_interval_ms: must be between 100 and 60000".into());
         }
         let al = &self.ami_listener;
         if let Some(listen) = &al.listen {

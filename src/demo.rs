@@ -16,6 +16,7 @@ pub fn start(settings: &mut Settings) -> std::io::Result<Vec<SimPbx>> {
             secret: secret.clone(),
             demo_traffic: true,
             seed: u64::from(i),
+            rtcp_interval_ms: settings.demo.rtcp_interval_ms,
             ..SimConfig::default()
         };
         let sim = SimPbx::start_in_thread("127.0.0.1:0", cfg)?;

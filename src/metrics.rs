@@ -37,36 +37,82 @@ pub struct Metrics {
     pub auth_failures_total: AtomicU64,
     /// Round trip of routed actions, from writing upstream to the final reply.
     pub action_duration: Histogram,
+    /// Estimated MOS of every RTCP report (both directions, every PBX).
+    pub rtcp_mos: Histogram<MosScale>,
+    /// Packet loss of every RTCP report, in percent.
+    pub rtcp_loss: Histogram<LossPercent>,
 }
 
-/// Upper bounds (seconds) of the action round-trip histogram buckets.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+/// The upper bounds of a histogram's buckets.
+pub trait Buckets {
+    const BOUNDS: &'static [f64];
+}
 
-/// A fixed-bucket Prometheus histogram over atomics.
+/// Seconds, for the action round trip.
 #[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; 12],
+pub struct Seconds;
+impl Buckets for Seconds {
+    const BOUNDS: &'static [f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    ];
+}
+
+/// Estimated MOS (1 to 4.5), finer where calls turn from fair to poor.
+#[derive(Debug, Default)]
+pub struct MosScale;
+impl Buckets for MosScale {
+    const BOUNDS: &'static [f64] = &[1.5, 2.0, 2.5, 3.0, 3.3, 3.6, 3.8, 4.0, 4.2, 4.4, 4.5];
+}
+
+/// Packet loss in percent.
+#[derive(Debug, Default)]
+pub struct LossPercent;
+impl Buckets for LossPercent {
+    const BOUNDS: &'static [f64] = &[0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+}
+
+/// A fixed-bucket Prometheus histogram over atomics; the sum is kept in millionths.
+#[derive(Debug)]
+pub struct Histogram<B: Buckets = Seconds> {
+    counts: Vec<AtomicU64>,
     count: AtomicU64,
     sum_micros: AtomicU64,
+    _bounds: std::marker::PhantomData<B>,
 }
 
-impl Histogram {
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram {
+            counts: B::BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+            _bounds: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Histogram<Seconds> {
     pub fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+        self.observe_value(d.as_secs_f64());
+    }
+}
+
+impl<B: Buckets> Histogram<B> {
+    /// Counts one value; a NaN or negative one counts as 0.
+    pub fn observe_value(&self, v: f64) {
+        let v = if v.is_nan() { 0.0 } else { v.max(0.0) };
+        if let Some(i) = B::BOUNDS.iter().position(|b| v <= *b) {
             self.counts[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.sum_micros.fetch_add((v * 1e6) as u64, Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP amihub_{name} {help}");
         let _ = writeln!(out, "# TYPE amihub_{name} histogram");
         let mut cumulative = 0;
-        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+        for (b, c) in B::BOUNDS.iter().zip(&self.counts) {
             cumulative += c.load(Relaxed);
             let _ = writeln!(out, "amihub_{name}_bucket{{le=\"{b}\"}} {cumulative}");
         }
@@ -272,6 +318,16 @@ impl Metrics {
             &mut out,
             "action_duration_seconds",
             "Round trip of actions routed to a PBX, until their final reply.",
+        );
+        self.rtcp_mos.render(
+            &mut out,
+            "rtcp_mos",
+            "Estimated MOS (simplified E-model) of each RTCP report block, both directions.",
+        );
+        self.rtcp_loss.render(
+            &mut out,
+            "rtcp_loss_percent",
+            "Packet loss (fraction lost, percent) of each RTCP report block, both directions.",
         );
         out
     }

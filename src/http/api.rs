@@ -1,4 +1,5 @@
-//! JSON API handlers: servers, actions with complete results, health and metrics.
+//! JSON API handlers: servers, actions with complete results, state and call quality, health and
+//! metrics.
 
 use std::time::Duration;
 
@@ -9,7 +10,9 @@ use super::budget::BudgetError;
 use super::{AppState, ConnSocket};
 use crate::auth::Identity;
 use crate::metrics::Metrics;
-use crate::registry::{ActionFailure, HttpAction, ListServers, Readiness, ServerState};
+use crate::registry::{
+    ActionFailure, HttpAction, ListServers, Readiness, ServerQuality, ServerState,
+};
 use crate::ws::protocol::{packet_value, parse_client, ClientMessage};
 
 /// Upper bound for `?timeout_s=` on an HTTP action.
@@ -192,31 +195,110 @@ fn failure(server: u32, f: ActionFailure) -> HttpResponse {
     error(status, &f.to_string())
 }
 
+/// The signed-in user and the server id of a `/api/v1/servers/{id}/…` request, or the answer.
+fn viewer(req: &HttpRequest, path: &str) -> Result<(Identity, u32), Box<HttpResponse>> {
+    use actix_web::http::StatusCode as S;
+    let who =
+        identity(req).ok_or_else(|| Box::new(error(S::UNAUTHORIZED, "authentication required")))?;
+    let server = path
+        .parse::<u32>()
+        .map_err(|_| Box::new(error(S::NOT_FOUND, &format!("unknown server {path}"))))?;
+    Ok((who, server))
+}
+
+/// The JSON answer to a registry reply about `server`.
+fn answer(
+    server: u32,
+    res: Result<Result<Value, ActionFailure>, actix::MailboxError>,
+) -> HttpResponse {
+    match res {
+        Ok(Ok(v)) => HttpResponse::Ok().json(v),
+        Ok(Err(f)) => failure(server, f),
+        Err(_) => error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "registry unavailable",
+        ),
+    }
+}
+
 /// `GET /api/v1/servers/{id}/state`: the live calls, queues and endpoints of one server.
 pub async fn server_state(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    use actix_web::http::StatusCode as S;
-    let Some(who) = identity(&req) else {
-        return error(S::UNAUTHORIZED, "authentication required");
+    let (who, server) = match viewer(&req, &path) {
+        Ok(v) => v,
+        Err(answer) => return *answer,
     };
-    let Ok(server) = path.parse::<u32>() else {
-        return error(S::NOT_FOUND, &format!("unknown server {path}"));
-    };
-    match state
+    let res = state
         .registry
         .send(ServerState {
             server,
             rights: who.rights,
         })
-        .await
-    {
-        Ok(Ok(v)) => HttpResponse::Ok().json(v),
-        Ok(Err(f)) => failure(server, f),
-        Err(_) => error(S::SERVICE_UNAVAILABLE, "registry unavailable"),
+        .await;
+    answer(server, res)
+}
+
+/// Rows `/quality` lists when `?limit=` is not given.
+const DEFAULT_QUALITY_ROWS: usize = 10;
+/// Longest `?endpoint=` accepted (endpoint names are short: `PJSIP/6117`).
+const MAX_ENDPOINT_CHARS: usize = 200;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QualityQuery {
+    limit: Option<usize>,
+    endpoint: Option<String>,
+}
+
+/// `GET /api/v1/servers/{id}/quality[?limit=N][&endpoint=PJSIP/6117]`: the worst calls now and
+/// the worst endpoints over the window, graded by the configured thresholds.
+pub async fn server_quality(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
+    let (who, server) = match viewer(&req, &path) {
+        Ok(v) => v,
+        Err(answer) => return *answer,
+    };
+    let query = match web::Query::<QualityQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return error(S::BAD_REQUEST, &format!("bad query: {e}")),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_QUALITY_ROWS);
+    if !(1..=crate::state::MAX_REPORT_ROWS).contains(&limit) {
+        return error(
+            S::BAD_REQUEST,
+            &format!("limit must be 1..={}", crate::state::MAX_REPORT_ROWS),
+        );
     }
+    if query
+        .endpoint
+        .as_ref()
+        .is_some_and(|e| e.is_empty() || e.chars().count() > MAX_ENDPOINT_CHARS)
+    {
+        return error(
+            S::BAD_REQUEST,
+            &format!("endpoint must be 1..={MAX_ENDPOINT_CHARS} characters"),
+        );
+    }
+    let res = state
+        .registry
+        .send(ServerQuality {
+            server,
+            rights: who.rights,
+            query: crate::pbx::GetQuality {
+                limit,
+                thresholds: state.settings.quality,
+                endpoint: query.endpoint,
+            },
+        })
+        .await;
+    answer(server, res)
 }
 
 pub async fn livez() -> HttpResponse {

@@ -93,6 +93,10 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/api/v1/servers/{id}/state",
                 web::get().to(api::server_state),
             )
+            .route(
+                "/api/v1/servers/{id}/quality",
+                web::get().to(api::server_quality),
+            )
             .route("/livez", get_or_head().to(api::livez))
             .route("/readyz", get_or_head().to(api::readyz))
             .route("/metrics", get_or_head().to(api::metrics))

@@ -28,7 +28,7 @@ use crate::state::PbxState;
 use crate::ws::protocol::{encode_packet, ServerTag};
 use backoff::Backoff;
 pub use connect::PbxError;
-pub use state_sync::GetState;
+pub use state_sync::{GetQuality, GetState};
 
 /// Actions queued towards one PBX before `SendAction` is refused.
 const WRITE_QUEUE: usize = 1024;

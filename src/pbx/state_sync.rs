@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{PbxConn, Phase};
 use crate::ami::Packet;
-use crate::state::snapshot_actions;
+use crate::state::{snapshot_actions, Thresholds};
 
 /// Prefix of the ActionIDs of snapshot actions: `amihub-snap-<i>`.
 pub(super) const SNAP_PREFIX: &str = "amihub-snap-";
@@ -18,6 +18,16 @@ pub(super) const SNAP_PREFIX: &str = "amihub-snap-";
 #[derive(Message)]
 #[rtype(result = "Value")]
 pub struct GetState;
+
+/// The quality summary of one server, as `GET /api/v1/servers/{id}/quality` returns it.
+#[derive(Message)]
+#[rtype(result = "Value")]
+pub struct GetQuality {
+    pub limit: usize,
+    pub thresholds: Thresholds,
+    /// Also this endpoint's bucket series and whole change log.
+    pub endpoint: Option<String>,
+}
 
 pub(super) fn now_ms() -> u64 {
     SystemTime::now()
@@ -71,6 +81,10 @@ impl PbxConn {
         }
         if p.event().is_some() {
             self.state.apply(&p, now_ms());
+            if let Some(sample) = self.state.take_quality_sample() {
+                self.metrics.rtcp_mos.observe_value(sample.mos);
+                self.metrics.rtcp_loss.observe_value(sample.loss_pct);
+            }
         }
         Some(p)
     }
@@ -93,5 +107,23 @@ impl Handler<GetState> for PbxConn {
             "state_version": self.state_version,
             "state": self.state.snapshot(now_ms()),
         }))
+    }
+}
+
+impl Handler<GetQuality> for PbxConn {
+    type Result = MessageResult<GetQuality>;
+
+    fn handle(&mut self, msg: GetQuality, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut v = self.state.quality_report(
+            now_ms(),
+            msg.limit,
+            &msg.thresholds,
+            msg.endpoint.as_deref(),
+        );
+        v["server_id"] = json!(self.settings.id);
+        v["server_name"] = json!(self.settings.name);
+        v["connected"] = json!(self.phase == Phase::Connected);
+        v["complete"] = json!(self.phase == Phase::Connected && !self.snapshot_pending());
+        MessageResult(v)
     }
 }

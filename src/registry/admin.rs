@@ -61,6 +61,15 @@ pub struct ServerState {
     pub rights: Arc<Rights>,
 }
 
+/// The call-quality summary of one server (if `rights` may see it).
+#[derive(Message)]
+#[rtype(result = "Result<serde_json::Value, ActionFailure>")]
+pub struct ServerQuality {
+    pub server: u32,
+    pub rights: Arc<Rights>,
+    pub query: crate::pbx::GetQuality,
+}
+
 /// True once every server has finished its first connection attempt.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -251,23 +260,50 @@ impl Handler<CloseUserSessions> for Registry {
     }
 }
 
+impl Registry {
+    /// The actor and status text of a server `rights` may see; a hidden one is `Forbidden`.
+    fn visible_pbx(
+        &self,
+        server: u32,
+        rights: &Rights,
+    ) -> Result<(Addr<PbxConn>, &'static str), ActionFailure> {
+        let entry = self
+            .servers
+            .get(&server)
+            .ok_or(ActionFailure::UnknownServer(server))?;
+        if !rights.may_see_server(entry.tag.id, &entry.tag.name) {
+            return Err(ActionFailure::Forbidden(format!("server {server}")));
+        }
+        Ok((entry.addr.clone(), entry.status.as_str()))
+    }
+}
+
 impl Handler<ServerState> for Registry {
     type Result = ResponseFuture<Result<serde_json::Value, ActionFailure>>;
 
     fn handle(&mut self, msg: ServerState, _ctx: &mut Context<Self>) -> Self::Result {
-        let Some(server) = self.servers.get(&msg.server) else {
-            return Box::pin(async move { Err(ActionFailure::UnknownServer(msg.server)) });
-        };
-        if !msg.rights.may_see_server(server.tag.id, &server.tag.name) {
-            return Box::pin(async move {
-                Err(ActionFailure::Forbidden(format!("server {}", msg.server)))
-            });
-        }
-        let status = server.status.as_str();
-        let addr = server.addr.clone();
+        let visible = self.visible_pbx(msg.server, &msg.rights);
         Box::pin(async move {
+            let (addr, status) = visible?;
             let mut v = addr
                 .send(crate::pbx::GetState)
+                .await
+                .map_err(|e| ActionFailure::Failed(e.to_string()))?;
+            v["status"] = serde_json::json!(status);
+            Ok(v)
+        })
+    }
+}
+
+impl Handler<ServerQuality> for Registry {
+    type Result = ResponseFuture<Result<serde_json::Value, ActionFailure>>;
+
+    fn handle(&mut self, msg: ServerQuality, _ctx: &mut Context<Self>) -> Self::Result {
+        let visible = self.visible_pbx(msg.server, &msg.rights);
+        Box::pin(async move {
+            let (addr, status) = visible?;
+            let mut v = addr
+                .send(msg.query)
                 .await
                 .map_err(|e| ActionFailure::Failed(e.to_string()))?;
             v["status"] = serde_json::json!(status);

@@ -30,7 +30,7 @@ use crate::ws::protocol::{
 };
 pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
-    ServerInfo, ServerState, SessionInfo,
+    ServerInfo, ServerQuality, ServerState, SessionInfo,
 };
 use fanout::{Outgoing, SessionEntry, Sessions};
 pub use pending::{ActionFailure, Collected};

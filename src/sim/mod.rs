@@ -16,6 +16,7 @@
 
 mod answers;
 mod flood;
+mod media;
 mod model;
 mod originate;
 mod queue;
@@ -58,6 +59,8 @@ pub struct SimConfig {
     pub demo_interval_ms: u64,
     /// Seed of the state's random numbers (agents per queue, call timings).
     pub seed: u64,
+    /// Gap between the RTCP reports of each connected call (Asterisk's default: 5 s).
+    pub rtcp_interval_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -70,6 +73,7 @@ impl Default for SimConfig {
             demo_traffic: false,
             demo_interval_ms: 1500,
             seed: 1,
+            rtcp_interval_ms: 5_000,
         }
     }
 }
@@ -148,7 +152,11 @@ impl SimPbx {
         let listener = TcpListener::bind(addr).await?;
         let inner = Arc::new(Inner {
             addr: listener.local_addr()?,
-            world: Mutex::new(World::new(&cfg.name, cfg.seed)),
+            world: Mutex::new(World::new(
+                &cfg.name,
+                cfg.seed,
+                Duration::from_millis(cfg.rtcp_interval_ms.max(10)),
+            )),
             cfg,
             fail_auth: AtomicBool::new(false),
             silent: watch::Sender::new(false),

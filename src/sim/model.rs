@@ -110,6 +110,10 @@ pub(crate) enum Step {
     Abandon(u64),
     Hangup(u64),
     Unpause(usize, usize),
+    /// The next RTCP exchange of a call.
+    Rtcp(u64),
+    /// Step n of the demo's endpoint health script.
+    Health(u8),
 }
 
 /// The 13 channel headers every channel event carries, names prefixed (`Dest`, `LocalOne`).

@@ -162,6 +162,7 @@ pub(crate) fn originate(w: &mut World, req: OriginateReq) {
             ..Call::default()
         },
     );
+    super::media::start(w, id);
     let queue = w.queues.iter().position(|q| q.name == exten);
     if let (Some(q), Some(two)) = (queue, second) {
         join_queue(w, id, q, &two);

@@ -205,8 +205,9 @@ pub(crate) fn agent_answer(w: &mut World, id: u64) {
         c.bridge = Some(bridge);
         c.connected_at = Some(Instant::now());
     }
-    let talk = w.rng.gen_range(3..=40);
-    w.schedule(Duration::from_secs(talk), Step::Hangup(id));
+    let degrading = super::media::start(w, id);
+    let talk = super::media::talk_time(w, degrading);
+    w.schedule(talk, Step::Hangup(id));
 }
 
 /// Removes the caller at `pos` of queue `q` with QueueCallerLeave; returns its hold time in

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::media;
 use super::model::{Call, NewChan, Step};
 use super::queue::{
     abandon, agent_answer, dispatch, leave_queue, set_pause, start_queue_call, toggle_pause,
@@ -26,6 +27,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         let mut w = lock(&inner.world);
         w.schedule(Duration::from_millis(200), Step::NewCall);
         w.schedule(Duration::from_secs(5), Step::PauseToggle);
+        let first = w.rtcp_interval;
+        w.schedule(first, Step::Health(0));
     }
     loop {
         let next = {
@@ -75,6 +78,8 @@ fn run_step(w: &mut World, step: Step, interval_ms: u64) {
         Step::AgentAnswer(id) => agent_answer(w, id),
         Step::Abandon(id) => abandon(w, id),
         Step::Hangup(id) => end_call(w, id, 16),
+        Step::Rtcp(id) => media::report(w, id),
+        Step::Health(n) => media::health(w, n),
         Step::Unpause(q, m) => {
             set_pause(w, q, m, false);
             dispatch(w, q);
@@ -180,8 +185,9 @@ fn answer_internal(w: &mut World, id: u64) {
         c.bridge = Some(bridge);
         c.connected_at = Some(Instant::now());
     }
-    let talk = w.rng.gen_range(3..=40);
-    w.schedule(Duration::from_secs(talk), Step::Hangup(id));
+    let degrading = media::start(w, id);
+    let talk = media::talk_time(w, degrading);
+    w.schedule(talk, Step::Hangup(id));
 }
 
 /// Tears a call down: dial/queue bookkeeping, bridge, hangups, the agent freed.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::media::Stream;
 use super::model::{
     bridge_headers, cause_text, chan_headers, member_headers, Bridge, Call, Chan, Member, NewChan,
     Queue, Step,
@@ -29,6 +30,10 @@ pub(crate) struct World {
     pub(crate) devices: BTreeMap<String, &'static str>,
     pub(crate) vars: HashMap<String, String>,
     pub(crate) calls: HashMap<u64, Call>,
+    /// RTP streams of the channels of connected calls.
+    pub(crate) media: HashMap<String, Stream>,
+    /// Gap between a call's RTCP reports.
+    pub(crate) rtcp_interval: Duration,
     pub(crate) processed: u64,
     /// Events written since the last publish, with their class bits.
     pub(crate) out: Vec<(u32, Bytes)>,
@@ -52,7 +57,7 @@ const AGENT_NAMES: [&str; 12] = [
 ];
 
 impl World {
-    pub(crate) fn new(system_name: &str, seed: u64) -> World {
+    pub(crate) fn new(system_name: &str, seed: u64, rtcp_interval: Duration) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
         let started = now();
         let mut devices = BTreeMap::new();
@@ -106,6 +111,8 @@ impl World {
             devices,
             vars: HashMap::new(),
             calls: HashMap::new(),
+            media: HashMap::new(),
+            rtcp_interval,
             processed: 0,
             out: Vec::new(),
             timers: BinaryHeap::new(),
@@ -230,11 +237,14 @@ impl World {
             chan,
             &[("Cause", &code), ("Cause-txt", cause_text(cause))],
         );
+        self.media.remove(chan);
         if let Some(device) = self.chans.remove(chan).and_then(|c| c.device) {
-            if !self
-                .chans
-                .values()
-                .any(|c| c.device.as_deref() == Some(device.as_str()))
+            // An unreachable phone stays unavailable after its last call.
+            if self.devices.get(&device) != Some(&"UNAVAILABLE")
+                && !self
+                    .chans
+                    .values()
+                    .any(|c| c.device.as_deref() == Some(device.as_str()))
             {
                 self.device_state(&device, "NOT_INUSE");
             }
@@ -252,6 +262,7 @@ impl World {
                 "INUSE" => (1, "InUse"),
                 "RINGING" => (8, "Ringing"),
                 "BUSY" => (2, "Busy"),
+                "UNAVAILABLE" => (4, "Unavailable"),
                 _ => (0, "Idle"),
             };
             let mut m = Msg::event("ExtensionStatus", "call");

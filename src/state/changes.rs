@@ -114,6 +114,12 @@ impl Changes {
                 let Some(k) = self.endpoint(&format!("PJSIP/{name}")) else {
                     return false;
                 };
+                // An old contact removed after the phone registered from elsewhere says nothing
+                // about the current one.
+                let removed = status.is_some_and(|s| s.eq_ignore_ascii_case("Removed"));
+                if removed && address.is_some_and(|a| a != k.address) && !k.address.is_empty() {
+                    return false;
+                }
                 let a = k.set(Field::Status, status, now_ms);
                 let b = k.set(Field::Address, address, now_ms);
                 let c = k.set(Field::UserAgent, p.get("UserAgent"), now_ms);
@@ -168,22 +174,45 @@ impl Changes {
         let map: serde_json::Map<String, Value> = self
             .endpoints
             .iter()
-            .map(|(name, k)| {
-                let log: Vec<Value> = k
-                    .log
-                    .iter()
-                    .map(|c| {
-                        json!({"at_ms": c.at_ms, "field": c.field.as_str(), "from": c.from, "to": c.to})
-                    })
-                    .collect();
-                let value = json!({
-                    "status": k.status, "address": k.address, "user_agent": k.user_agent,
-                    "device": k.device, "registration": k.registration, "changes": log,
-                });
-                (name.clone(), value)
-            })
+            .map(|(name, k)| (name.clone(), k.to_json(CHANGES_PER_ENDPOINT)))
             .collect();
         Value::Object(map)
+    }
+
+    /// One endpoint's health with its newest `changes` log entries; `None` if never seen.
+    pub(super) fn endpoint_json(&self, name: &str, changes: usize) -> Option<Value> {
+        self.endpoints.get(name).map(|k| k.to_json(changes))
+    }
+
+    /// Endpoints whose contact is `Unreachable` or whose device is `UNAVAILABLE`, sorted.
+    pub(super) fn unreachable(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .endpoints
+            .iter()
+            .filter(|(_, k)| {
+                k.status.eq_ignore_ascii_case("Unreachable") || k.device == "UNAVAILABLE"
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+impl Known {
+    /// Current values and the newest `changes` log entries (oldest of those first).
+    fn to_json(&self, changes: usize) -> Value {
+        let skip = self.log.len().saturating_sub(changes);
+        let log: Vec<Value> = self
+            .log
+            .iter()
+            .skip(skip)
+            .map(|c| json!({"at_ms": c.at_ms, "field": c.field.as_str(), "from": c.from, "to": c.to}))
+            .collect();
+        json!({
+            "status": self.status, "address": self.address, "user_agent": self.user_agent,
+            "device": self.device, "registration": self.registration, "changes": log,
+        })
     }
 }
 

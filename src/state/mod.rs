@@ -4,9 +4,10 @@
 //! After every (re)login the caller forgets everything ([`PbxState::reset`]), sends
 //! [`snapshot_actions`] and feeds every packet to [`PbxState::apply`]: the list items of those
 //! answers and the live events build the same model. Layout: `channels` (channels and bridges),
-//! `queues` (queues, members, callers), `devices` (endpoints and device states), `quality`
-//! (RTCP loss, jitter, round trip and MOS per call and per endpoint), `changes` (each endpoint's
-//! log of status, address, user-agent, availability and registration changes).
+//! `queues` (queues, members, callers), `devices` (endpoints and device states), `rtcp` (one
+//! RTCP event's loss, jitter, round trip and MOS), `quality` (those over time per call and per
+//! endpoint, graded by thresholds), `changes` (each endpoint's log of status, address,
+//! user-agent, availability and registration changes).
 //!
 //! Invariants: this module is pure — no actix, sockets or clocks; time comes in as `now_ms`
 //! (milliseconds since the Unix epoch). Every map is capped, so a misbehaving PBX cannot grow it
@@ -17,6 +18,7 @@ mod channels;
 mod devices;
 pub(crate) mod quality;
 mod queues;
+pub(crate) mod rtcp;
 
 #[cfg(test)]
 mod tests;
@@ -24,7 +26,16 @@ mod tests;
 use serde_json::{json, Value};
 
 use crate::ami::{Action, Packet};
-pub use quality::{endpoint_of, mos, rtt_from_lsr, sample_from, Direction, Sample};
+pub use quality::{Grade, Thresholds};
+pub use rtcp::{
+    clock_from_srs, compact_ntp, endpoint_of, mos, rtt_from_lsr, sample_from, sender_report,
+    Direction, Sample, SenderReport,
+};
+
+/// Most rows `quality_report` lists of calls and of endpoints.
+pub const MAX_REPORT_ROWS: usize = 1000;
+/// Change-log entries shown per endpoint in `quality_report`'s endpoint rows.
+const REPORT_CHANGES: usize = 5;
 
 /// Most channels held: far above any single Asterisk's practical load.
 pub const MAX_CHANNELS: usize = 100_000;
@@ -122,6 +133,58 @@ impl PbxState {
             "device_states": self.devices.states_json(),
             "quality": self.quality.to_json(now_ms),
             "endpoint_changes": self.changes.to_json(),
+        })
+    }
+
+    /// The RTCP sample the last applied packet produced, once (for the metrics).
+    pub fn take_quality_sample(&mut self) -> Option<Sample> {
+        self.quality.take_last()
+    }
+
+    /// The quality summary for scripts and alerting: live calls worst first, endpoints worst
+    /// first over the window (with their health and newest changes), unreachable endpoints, and
+    /// with `endpoint` that endpoint's bucket series and whole change log. At most `limit` (capped
+    /// at [`MAX_REPORT_ROWS`]) calls and endpoints.
+    pub fn quality_report(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        th: &Thresholds,
+        endpoint: Option<&str>,
+    ) -> Value {
+        let limit = limit.min(MAX_REPORT_ROWS);
+        let (calls, active, [bad, warn]) = self.quality.worst_calls(limit, th);
+        let endpoints: Vec<Value> = self
+            .quality
+            .worst_endpoints(now_ms, limit, th)
+            .into_iter()
+            .map(|(name, mut v)| {
+                v["health"] = self
+                    .changes
+                    .endpoint_json(&name, REPORT_CHANGES)
+                    .unwrap_or(Value::Null);
+                v["endpoint"] = Value::String(name);
+                v
+            })
+            .collect();
+        let detail = endpoint.map(|name| {
+            json!({
+                "name": name,
+                "quality": self.quality.endpoint_detail(name, now_ms, th),
+                "health": self.changes.endpoint_json(name, changes::CHANGES_PER_ENDPOINT),
+            })
+        });
+        json!({
+            "window_s": quality::ENDPOINT_WINDOW_MS / 1000,
+            "bucket_s": quality::BUCKET_MS / 1000,
+            "thresholds": th,
+            "active_calls": active,
+            "bad_calls": bad,
+            "warn_calls": warn,
+            "calls": calls,
+            "endpoints": endpoints,
+            "unreachable": self.changes.unreachable(),
+            "endpoint": detail,
         })
     }
 
