@@ -13,11 +13,16 @@
 //!   `browser_logins_work_for_argon2_and_htdigest_users_alike`: `integration/browser/hostile.mjs`
 //!   against the real binary (see that script).
 //! - `dashboard_state_model`: `web_root/state.js` (snapshot + live events → calls, queues,
-//!   endpoints) under node's test runner.
+//!   endpoints) and `web_root/quality.js` (grades, a call's worst channel) under node's test
+//!   runner.
 //! - `demo_dashboard_and_screenshot`: `amihub --demo`; both servers Connected, events, calls and
 //!   queues, server selection, a phone-width check (390 px), and the README's screenshot
 //!   `docs/dashboard.png` (1280×800; rewritten only when missing or with
 //!   `AMIHUB_UPDATE_SCREENSHOT=1`, else written to `target/browser-artifacts/`).
+//! - `demo_call_quality_turns_bad_and_the_endpoint_panel_shows_changes`: `amihub --demo` with a
+//!   2 s RTCP interval; a call row turns from good to bad within one interval of its first bad
+//!   report, the endpoint panel shows PJSIP/117's user-agent change, and the README's screenshot
+//!   `integration/browser/quality.png` (same rewrite rule).
 //!
 //! The node script asks for what a browser cannot do with `STEP <name>` lines on its stdout; this
 //! side does it and answers `ok` (or `err …`) on its stdin. Missing node, chromium or
@@ -378,8 +383,14 @@ impl Drop for Demo {
 }
 
 fn start_demo() -> Demo {
+    start_demo_with(&[])
+}
+
+/// `amihub --demo` with extra environment (`AMIHUB__…` overrides).
+fn start_demo_with(env: &[(&str, &str)]) -> Demo {
     let mut child = Command::new(env!("CARGO_BIN_EXE_amihub"))
         .arg("--demo")
+        .envs(env.iter().copied())
         .current_dir(root())
         .env("AMIHUB__HTTP__LISTEN", "127.0.0.1:0")
         .env("AMIHUB__HTTP__WEB_ROOT", root().join("web_root"))
@@ -419,12 +430,7 @@ async fn demo_dashboard_and_screenshot() {
     // AMIHUB_UPDATE_SCREENSHOT is set, so that test runs leave the tracked file alone otherwise;
     // every run writes target/browser-artifacts/dashboard.png.
     let artifacts = root().join("target").join("browser-artifacts");
-    let docs = root().join("docs").join("dashboard.png");
-    let screenshot = if !docs.exists() || std::env::var_os("AMIHUB_UPDATE_SCREENSHOT").is_some() {
-        docs
-    } else {
-        artifacts.join("dashboard.png")
-    };
+    let screenshot = screenshot_path(root().join("docs").join("dashboard.png"));
     let phone = artifacts.join("dashboard-phone.png");
     run_browser(
         &[
@@ -432,6 +438,39 @@ async fn demo_dashboard_and_screenshot() {
             ("SCENARIOS", "demo".to_string()),
             ("SCREENSHOT", screenshot.display().to_string()),
             ("PHONE_SCREENSHOT", phone.display().to_string()),
+        ],
+        &mut NoSteps,
+    )
+    .await;
+    assert!(
+        is_png(&screenshot),
+        "no PNG screenshot at {}",
+        screenshot.display()
+    );
+}
+
+/// Where a README screenshot goes: the tracked file when it is missing or
+/// `AMIHUB_UPDATE_SCREENSHOT` is set, else `target/browser-artifacts/` (same file name).
+fn screenshot_path(tracked: PathBuf) -> PathBuf {
+    if !tracked.exists() || std::env::var_os("AMIHUB_UPDATE_SCREENSHOT").is_some() {
+        return tracked;
+    }
+    let name = tracked.file_name().map(PathBuf::from).unwrap_or_default();
+    root().join("target").join("browser-artifacts").join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_call_quality_turns_bad_and_the_endpoint_panel_shows_changes() {
+    preflight();
+    const INTERVAL_MS: &str = "2000";
+    let demo = start_demo_with(&[("AMIHUB__DEMO__RTCP_INTERVAL_MS", INTERVAL_MS)]);
+    let screenshot = screenshot_path(browser_dir().join("quality.png"));
+    run_browser(
+        &[
+            ("AMIHUB_URL", format!("http://{}/", demo.addr)),
+            ("SCENARIOS", "quality".to_string()),
+            ("RTCP_INTERVAL_MS", INTERVAL_MS.to_string()),
+            ("QUALITY_SCREENSHOT", screenshot.display().to_string()),
         ],
         &mut NoSteps,
     )
@@ -540,6 +579,7 @@ fn dashboard_state_model() {
     let out = Command::new("node")
         .arg("--test")
         .arg(browser_dir().join("state.test.mjs"))
+        .arg(browser_dir().join("quality.test.mjs"))
         .current_dir(root())
         .output()
         .expect("run node --test");

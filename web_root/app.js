@@ -24,6 +24,9 @@ import {
 import {
   buildCallRow, buildEndpoint, buildQueue, callSignature, endpointSignature, queueSignature,
 } from './views.js';
+import {
+  buildEndpointPanel, callQualityIndex, createQualityFeed, worstOf,
+} from './quality.js';
 
 /** Event rows kept in the DOM; older ones are removed as new ones arrive. */
 const LOG_DOM_MAX = 500;
@@ -64,6 +67,9 @@ const ui = {
   endpoints: byId('endpoints'),
   endpointsCount: byId('endpoints-count'),
   endpointsEmpty: byId('endpoints-empty'),
+  endpointQuality: byId('endpoint-quality'),
+  qualityEmpty: byId('quality-empty'),
+  qualityLegend: byId('quality-legend'),
   detailServer: document.querySelectorAll('[data-role="detail-server"]'),
   detailStale: document.querySelectorAll('[data-role="detail-stale"]'),
   filter: byId('filter'),
@@ -92,6 +98,19 @@ function authHeaders() {
   if (token) headers.Authorization = `Bearer ${token}`;
   return headers;
 }
+
+/** GET of an API path relative to the page, as JSON; throws with the HTTP status. */
+async function fetchJson(path) {
+  const response = await fetch(new URL(path, document.baseURI), {
+    headers: authHeaders(),
+    cache: 'no-store',
+    credentials: token ? 'omit' : 'same-origin',
+  });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}
+
+const qualityFeed = createQualityFeed({ fetchJson, onChange: () => scheduleRender() });
 
 // ---------------------------------------------------------------------------------------------
 // Servers
@@ -209,6 +228,7 @@ function firstServerId() {
 
 function selectServer(id, updateHash = true) {
   selectedId = id;
+  qualityFeed.select(id);
   if (updateHash && id !== null) {
     history.replaceState(null, '', `${window.location.pathname}${window.location.search}#server=${id}`);
   }
@@ -450,6 +470,7 @@ function applyLiveEvent(envelope) {
   if (!server) return;
   // List items answering someone's action (ActionID set) are not live changes.
   if (envelope.data.ActionID !== undefined && envelope.data.Event !== 'OriginateResponse') return;
+  qualityFeed.event(envelope.serverId, firstValue(envelope.data.Event));
   if (applyEvent(server.state, envelope.data, Date.now())) scheduleRender(server);
 }
 
@@ -490,6 +511,12 @@ function renderDetails() {
   const state = server ? server.state : emptyState();
 
   const calls = groupCalls(state);
+  const summary = server && qualityFeed.summary && qualityFeed.summary.server_id === server.id ? qualityFeed.summary : null;
+  const qIndex = callQualityIndex(summary);
+  for (const call of calls) {
+    call.quality = worstOf(call.channels, qIndex);
+    call.thresholds = summary ? summary.thresholds : null;
+  }
   reconcile(ui.calls, calls, (c) => c.key, callSignature, buildCallRow);
   ui.callsCount.textContent = String(calls.length);
   ui.callsEmpty.hidden = calls.length > 0;
@@ -506,6 +533,30 @@ function renderDetails() {
   const busy = endpoints.filter((e) => e.deviceState && e.deviceState !== 'NOT_INUSE').length;
   ui.endpointsCount.textContent = endpoints.length ? `${busy}/${endpoints.length} busy` : '0';
   ui.endpointsEmpty.hidden = endpoints.length > 0;
+  renderEndpointQuality(summary);
+}
+
+/** The endpoint panel: the endpoint chosen, else the worst one of the summary. */
+function renderEndpointQuality(summary) {
+  const worst = summary && Array.isArray(summary.endpoints) && summary.endpoints[0] ? summary.endpoints[0].endpoint : null;
+  if (summary && !qualityFeed.endpoint && worst) qualityFeed.chooseEndpoint(worst);
+  const name = qualityFeed.endpoint;
+  for (const row of ui.endpoints.children) row.classList.toggle('selected', row.dataset.endpoint === name);
+  const th = summary ? summary.thresholds : null;
+  ui.qualityLegend.textContent = th
+    ? `good · warn ≥ loss ${th.loss_warn_pct} %, jitter ${th.jitter_warn_ms} ms, RTT ${th.rtt_warn_ms} ms, MOS < ${th.mos_warn} · bad ≥ ${th.loss_bad_pct} %, ${th.jitter_bad_ms} ms, ${th.rtt_bad_ms} ms, MOS < ${th.mos_bad}`
+    : (qualityFeed.error ? `Quality unavailable: ${qualityFeed.error}` : '');
+  const detail = summary && summary.endpoint && summary.endpoint.name === name ? summary.endpoint : null;
+  ui.qualityEmpty.hidden = Boolean(name);
+  if (!name) {
+    ui.endpointQuality.replaceChildren();
+    return;
+  }
+  const signature = JSON.stringify([name, detail]);
+  if (ui.endpointQuality.dataset.signature === signature) return;
+  ui.endpointQuality.dataset.signature = signature;
+  ui.endpointQuality.replaceChildren(buildEndpointPanel(name, detail, th, (ms) => shortTime(new Date(ms)),
+    summary ? summary.window_s : undefined, summary ? summary.bucket_s : undefined));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -872,6 +923,14 @@ ui.actionInput.addEventListener('keydown', (event) => {
   }
 });
 ui.replyClear.addEventListener('click', () => ui.reply.replaceChildren());
+ui.endpoints.addEventListener('click', (event) => {
+  const row = event.target.closest('.endpoint-row');
+  if (row && ui.endpoints.contains(row)) qualityFeed.chooseEndpoint(row.dataset.endpoint);
+});
+ui.calls.addEventListener('click', (event) => {
+  const figures = event.target.closest('.call-quality[data-endpoint]');
+  if (figures && ui.calls.contains(figures)) qualityFeed.chooseEndpoint(figures.dataset.endpoint);
+});
 
 ui.reconnectNow.addEventListener('click', () => client.reconnectNow());
 window.addEventListener('online', () => client.reconnectNow());

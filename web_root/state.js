@@ -624,14 +624,16 @@ function calleeOf(caller, others, members, queue) {
   return others.length ? channelInterface(others[0].channel) : '—';
 }
 
-/** Endpoints to list: the snapshot's, else devices of endpoint technologies; sorted by name. */
+/**
+ * Endpoints to list: the snapshot's and those events named, plus devices of endpoint technologies
+ * not among them (a PBX that lists no endpoints still shows its phones); sorted by name.
+ */
 export function endpointList(state) {
-  const list = new Map(state.endpoints);
-  if (list.size === 0) {
-    for (const [device, value] of state.deviceStates) {
-      if (ENDPOINT_TECHS.test(device)) list.set(device, { name: device, deviceState: value, status: '', contacts: '' });
-    }
+  const list = new Map();
+  for (const [device, value] of state.deviceStates) {
+    if (ENDPOINT_TECHS.test(device)) list.set(device, { name: device, deviceState: value, status: '', contacts: '' });
   }
+  for (const [name, endpoint] of state.endpoints) list.set(name, endpoint);
   return [...list.values()].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
 }
 

@@ -3,6 +3,7 @@
 
 import { el, ticker } from './dom.js';
 import { channelInterface, party } from './state.js';
+import { buildCallQuality, qualitySignature } from './quality.js';
 
 const CALL_STATUS_CLASS = {
   Talking: 'tone-ok',
@@ -16,7 +17,8 @@ const CALL_STATUS_CLASS = {
 /** Signature of a call: everything its row shows except the ticking time. */
 export function callSignature(call) {
   return JSON.stringify([call.from, call.to, call.status, call.queue, Math.round(call.startedAt),
-    call.channels.map((c) => [c.channel, c.state, c.application, c.bridge ? 1 : 0])]);
+    call.channels.map((c) => [c.channel, c.state, c.application, c.bridge ? 1 : 0]),
+    qualitySignature(call.quality), call.thresholds || null]);
 }
 
 export function buildCallRow(call) {
@@ -29,6 +31,7 @@ export function buildCallRow(call) {
     'data-uniqueid': call.uniqueid,
     'data-channel': call.caller.channel,
     'data-status': call.status,
+    'data-quality': call.quality ? call.quality.grade : 'none',
   },
   el('div', { class: 'call-main' },
     el('span', { class: 'call-parties' },
@@ -39,7 +42,10 @@ export function buildCallRow(call) {
     ticker('span', call.startedAt, { class: 'call-duration', 'data-testid': 'call-duration', title: 'Duration' })),
   el('div', { class: 'call-sub muted' },
     el('span', { class: 'call-channels', text: call.channels.map((c) => c.channel).join(' ⇄ ') }),
-    app || where ? el('span', { class: 'call-app', text: [app, where].filter(Boolean).join(' · ') }) : null));
+    app || where ? el('span', { class: 'call-app', text: [app, where].filter(Boolean).join(' · ') }) : null),
+  call.quality || call.status === 'Talking' || call.status === 'Up'
+    ? el('div', { class: 'call-q' }, buildCallQuality(call.quality, call.thresholds))
+    : null);
 }
 
 const MEMBER_TONE = {

@@ -5,7 +5,9 @@
 // Environment:
 //   AMIHUB_URL         base URL of the dashboard, e.g. http://127.0.0.1:40123/ (required)
 //   AMIHUB_TOKEN       token for ?token= (optional)
-//   SCENARIOS          comma-separated: calls,queue,outage (simulated PBXs) or demo
+//   SCENARIOS          comma-separated: calls,queue,outage (simulated PBXs), demo or quality
+//   RTCP_INTERVAL_MS   the demo's RTCP interval, for the quality scenario's deadline
+//   QUALITY_SCREENSHOT where the quality scenario writes its 1280x800 screenshot (PNG)
 //   SCREENSHOT         where the demo scenario writes the 1280x800 screenshot (PNG)
 //   PHONE_SCREENSHOT   where the demo scenario writes a 390 px wide screenshot (optional)
 //   ARTIFACTS          directory for failure screenshots (optional)
@@ -387,6 +389,82 @@ async function scenarioDemo(context) {
   await phonePage.close();
 }
 
+/**
+ * Call quality in the demo: a call row shows good figures, then, once its RTCP reports turn bad,
+ * shows bad ones no later than one RTCP interval after the first bad report reached the page;
+ * the endpoint panel of PJSIP/117 shows its user-agent change (Linphone → Zoiper).
+ */
+async function scenarioQuality(context) {
+  const interval = Number(process.env.RTCP_INTERVAL_MS || 5000);
+  const page = await context.newPage();
+  page.on('pageerror', (err) => say(`# page error: ${err.message}`));
+  // When the first bad report (loss at or past 5 %) of each channel reached the page.
+  const firstBadAt = new Map();
+  page.on('websocket', (ws) => ws.on('framereceived', ({ payload }) => {
+    let env;
+    try { env = JSON.parse(String(payload)); } catch { return; }
+    const d = env && env.server_id === 1 && env.data;
+    if (!d || (d.Event !== 'RTCPSent' && d.Event !== 'RTCPReceived')) return;
+    const loss = Number(d.Report0FractionLost) / 256 * 100;
+    if (loss >= 5 && !firstBadAt.has(d.Channel)) firstBadAt.set(d.Channel, Date.now());
+  }));
+  // Every grade each call row was rendered with, and when (rows are rebuilt when they change).
+  await page.addInitScript(() => {
+    window.qualityHistory = new Map();
+    const record = () => {
+      for (const row of document.querySelectorAll('[data-testid="call-row"]')) {
+        const key = row.dataset.linkedid;
+        const grade = row.dataset.quality;
+        const list = window.qualityHistory.get(key) || [];
+        if (!list.length || list[list.length - 1].grade !== grade) {
+          const channels = (row.querySelector('.call-channels')?.textContent || '').split(' ⇄ ');
+          list.push({ grade, at: Date.now(), channels });
+          window.qualityHistory.set(key, list);
+        }
+      }
+    };
+    new MutationObserver(record).observe(document, { childList: true, subtree: true, attributes: true, attributeFilter: ['data-quality'] });
+  });
+  await page.goto(dashboardUrl(1), { waitUntil: 'load', timeout: 15000 });
+  await textMatches(page, 'the page WebSocket to be live', q('conn-status'), '^live$', 15000);
+  await textMatches(page, 'demo server 1 Connected', `${serverRow(1)} ${q('server-status')}`, 'Connected', 10000);
+  await countAtLeast(page, 'a call row with good quality', `${q('call-row')}[data-quality="good"]`, 1, 30000);
+  // A row seen good, then bad: and bad no later than one interval after its first bad report.
+  const turned = await until(page, 'a call row turning from good to bad', () => {
+    for (const [key, list] of window.qualityHistory) {
+      const good = list.findIndex((h) => h.grade === 'good');
+      const bad = list.findIndex((h, i) => i > good && h.grade === 'bad');
+      if (good >= 0 && bad > good) return { key, goodAt: list[good].at, badAt: list[bad].at, channels: list[bad].channels };
+    }
+    return null;
+  }, null, 90000);
+  const reported = turned.channels.map((c) => firstBadAt.get(c)).filter((t) => t !== undefined);
+  if (!reported.length) throw new Error(`no bad RTCP report seen for ${turned.channels.join(', ')}`);
+  const lag = turned.badAt - Math.min(...reported);
+  info(`call ${turned.key} turned bad ${lag} ms after its first bad report (interval ${interval} ms)`);
+  if (lag > interval) throw new Error(`the row turned bad ${lag} ms after the report, more than one interval (${interval} ms)`);
+  const badRow = `${q('call-row')}[data-linkedid="${turned.key}"]`;
+  await textMatches(page, 'the bad row\'s figures', `${badRow} ${q('call-quality')}`, 'loss \\d+\\.\\d %.*jitter \\d+ ms.*MOS \\d\\.\\d\\d', 5000);
+  // The endpoint panel of 117 shows the user agent it re-registered with.
+  await page.click(`${q('endpoint-row')}[data-endpoint="PJSIP/117"]`);
+  await textMatches(page, 'the panel on PJSIP/117', q('eq-name'), '^PJSIP/117$', 10000);
+  await rowWithText(page, '117\'s user-agent change to Zoiper', `${q('eq-change')}[data-field="user_agent"]`, 'Zoiper', { timeout: 60000 });
+  await textMatches(page, 'the change from Linphone', `${q('eq-change')}[data-field="user_agent"] .eq-from`, 'Linphone', 5000);
+  await textMatches(page, '117\'s current user agent', q('eq-user_agent'), 'Zoiper', 10000);
+  await countAtLeast(page, 'the endpoint chart', q('quality-chart'), 1, 5000);
+  // A call's figures open its endpoint's panel: the degrading one's chart has bad loss bars.
+  const endpoint = await page.getAttribute(`${badRow} ${q('call-quality')}[data-grade="bad"]`, 'data-endpoint');
+  await page.click(`${badRow} ${q('call-quality')}`);
+  await textMatches(page, `the panel on ${endpoint}`, q('eq-name'), `^${endpoint}$`, 10000);
+  await countAtLeast(page, `bad loss bars in ${endpoint}'s chart`, `${q('quality-chart')} .q-bar.q-bad`, 1, 10000);
+  if (process.env.QUALITY_SCREENSHOT) {
+    mkdirSync(dirname(process.env.QUALITY_SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: process.env.QUALITY_SCREENSHOT });
+    info(`screenshot written to ${process.env.QUALITY_SCREENSHOT}`);
+  }
+  await page.close();
+}
+
 const ALL = {
   calls: scenarioCalls,
   queue: scenarioQueue,
@@ -395,6 +473,7 @@ const ALL = {
   'bad-token': scenarioBadToken,
   tls: scenarioTls,
   demo: scenarioDemo,
+  quality: scenarioQuality,
 };
 
 // ---- main -----------------------------------------------------------------------------------

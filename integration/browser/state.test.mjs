@@ -138,4 +138,7 @@ test('device states and endpoint statuses', () => {
   // Without endpoints, device states of endpoint technologies stand in.
   const bare = stateFromSnapshot({ device_states: { 'PJSIP/101': 'INUSE', 'Local/201@agents': 'INUSE', 'Queue:support': 'INUSE' } }, NOW);
   assert.deepEqual(endpointList(bare).map((x) => x.name), ['PJSIP/101']);
+  // One endpoint named by an event (a contact registering) does not hide the other phones.
+  applyEvent(bare, { Event: 'ContactStatus', EndpointName: '117', ContactStatus: 'Created', URI: 'sip:117@192.0.2.7' }, NOW);
+  assert.deepEqual(endpointList(bare).map((x) => x.name), ['PJSIP/101', 'PJSIP/117']);
 });
