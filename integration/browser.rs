@@ -432,18 +432,23 @@ async fn demo_dashboard_and_screenshot() {
     let artifacts = root().join("target").join("browser-artifacts");
     let screenshot = screenshot_path(root().join("docs").join("dashboard.png"));
     let phone = artifacts.join("dashboard-phone.png");
-    run_browser(
-        &[
-            ("AMIHUB_URL", format!("http://{}/", demo.addr)),
-            ("SCENARIOS", "demo".to_string()),
-            ("SCREENSHOT", screenshot.display().to_string()),
-            ("PHONE_SCREENSHOT", phone.display().to_string()),
-        ],
-        &mut NoSteps,
-    )
-    .await;
+    let env = [
+        ("SCREENSHOT", screenshot.display().to_string()),
+        ("PHONE_SCREENSHOT", phone.display().to_string()),
+    ];
+    demo_scenario(&demo, "demo", &env, &screenshot).await;
+}
+
+/// Runs `scenario` of dashboard.mjs against `demo` with `env`; it must leave a PNG at `screenshot`.
+async fn demo_scenario(demo: &Demo, scenario: &str, env: &[(&str, String)], screenshot: &Path) {
+    let mut all = vec![
+        ("AMIHUB_URL", format!("http://{}/", demo.addr)),
+        ("SCENARIOS", scenario.to_string()),
+    ];
+    all.extend(env.iter().cloned());
+    run_browser(&all, &mut NoSteps).await;
     assert!(
-        is_png(&screenshot),
+        is_png(screenshot),
         "no PNG screenshot at {}",
         screenshot.display()
     );
@@ -465,21 +470,11 @@ async fn demo_call_quality_turns_bad_and_the_endpoint_panel_shows_changes() {
     const INTERVAL_MS: &str = "2000";
     let demo = start_demo_with(&[("AMIHUB__DEMO__RTCP_INTERVAL_MS", INTERVAL_MS)]);
     let screenshot = screenshot_path(browser_dir().join("quality.png"));
-    run_browser(
-        &[
-            ("AMIHUB_URL", format!("http://{}/", demo.addr)),
-            ("SCENARIOS", "quality".to_string()),
-            ("RTCP_INTERVAL_MS", INTERVAL_MS.to_string()),
-            ("QUALITY_SCREENSHOT", screenshot.display().to_string()),
-        ],
-        &mut NoSteps,
-    )
-    .await;
-    assert!(
-        is_png(&screenshot),
-        "no PNG screenshot at {}",
-        screenshot.display()
-    );
+    let env = [
+        ("RTCP_INTERVAL_MS", INTERVAL_MS.to_string()),
+        ("QUALITY_SCREENSHOT", screenshot.display().to_string()),
+    ];
+    demo_scenario(&demo, "quality", &env, &screenshot).await;
 }
 
 fn basic(user: &str, password: &str) -> String {

@@ -289,34 +289,33 @@ fn register(w: &mut World, to: usize, from: Option<usize>) {
     let (agent, host) = REGISTRATIONS[to];
     let expire = (now().as_secs() + 3600).to_string();
     let call_id = format!("{:032x}", w.rng.gen::<u128>());
-    let mut m = Msg::event("ContactStatus", "system");
-    m.h("URI", contact_uri(ROAMING, host))
-        .h("ContactStatus", "Created")
-        .h("AOR", ROAMING)
-        .h("EndpointName", ROAMING)
-        .h("RoundtripUsec", "0")
-        .h("UserAgent", agent)
+    let mut m = contact_status(ROAMING, host, "Created", "0");
+    m.h("UserAgent", agent)
         .h("RegExpire", &expire)
         .h("ViaAddress", host)
         .h("CallID", &call_id);
     w.emit(m);
     if let Some(old) = from {
-        let mut m = Msg::event("ContactStatus", "system");
-        m.h("URI", contact_uri(ROAMING, REGISTRATIONS[old].1))
-            .h("ContactStatus", "Removed")
-            .h("AOR", ROAMING)
-            .h("EndpointName", ROAMING)
-            .h("RoundtripUsec", "0");
-        w.emit(m);
+        w.emit(contact_status(
+            ROAMING,
+            REGISTRATIONS[old].1,
+            "Removed",
+            "0",
+        ));
     }
     let rtt_us = w.rng.gen_range(8_000..40_000u32).to_string();
+    w.emit(contact_status(ROAMING, host, "Reachable", &rtt_us));
+}
+
+/// A `ContactStatus` event with the five headers res_pjsip always writes.
+fn contact_status(ext: &str, host: &str, status: &str, rtt_us: &str) -> Msg {
     let mut m = Msg::event("ContactStatus", "system");
-    m.h("URI", contact_uri(ROAMING, host))
-        .h("ContactStatus", "Reachable")
-        .h("AOR", ROAMING)
-        .h("EndpointName", ROAMING)
-        .h("RoundtripUsec", &rtt_us);
-    w.emit(m);
+    m.h("URI", contact_uri(ext, host))
+        .h("ContactStatus", status)
+        .h("AOR", ext)
+        .h("EndpointName", ext)
+        .h("RoundtripUsec", rtt_us);
+    m
 }
 
 /// Extension 120's qualify fails (or succeeds again): ContactStatus, PeerStatus and its device.
@@ -327,13 +326,7 @@ fn reachability(w: &mut World, reachable: bool) {
         "Unreachable"
     };
     let rtt_us = if reachable { "21345" } else { "0" };
-    let mut m = Msg::event("ContactStatus", "system");
-    m.h("URI", contact_uri(FLAKY, "198.51.100.120:5060"))
-        .h("ContactStatus", status)
-        .h("AOR", FLAKY)
-        .h("EndpointName", FLAKY)
-        .h("RoundtripUsec", rtt_us);
-    w.emit(m);
+    w.emit(contact_status(FLAKY, "198.51.100.120:5060", status, rtt_us));
     let peer = format!("PJSIP/{FLAKY}");
     let mut m = Msg::event("PeerStatus", "system");
     m.h("ChannelType", "PJSIP")

@@ -206,17 +206,17 @@ impl Bucket {
     }
 
     fn add(&mut self, s: &Sample) {
-        self.samples += 1;
-        self.loss_sum += s.loss_pct;
-        self.loss_max = self.loss_max.max(s.loss_pct);
-        self.jitter_sum += s.jitter_ms;
-        self.jitter_max = self.jitter_max.max(s.jitter_ms);
-        self.rtt_max = match (self.rtt_max, s.rtt_ms) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        self.mos_sum += s.mos;
-        self.mos_min = self.mos_min.min(s.mos);
+        self.merge(&Bucket {
+            start_ms: self.start_ms,
+            samples: 1,
+            loss_sum: s.loss_pct,
+            loss_max: s.loss_pct,
+            jitter_sum: s.jitter_ms,
+            jitter_max: s.jitter_ms,
+            rtt_max: s.rtt_ms,
+            mos_sum: s.mos,
+            mos_min: s.mos,
+        });
     }
 
     fn merge(&mut self, o: &Bucket) {
