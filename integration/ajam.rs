@@ -869,3 +869,46 @@ async fn a_login_replaces_the_session_its_cookie_named_and_bad_logins_are_counte
     assert_eq!(after, before + 1);
     assert_eq!(metric_at(hub.addr, "amihub_ajam_logins_total", &m).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_past_its_share_of_the_action_budget_gets_429() {
+    let cfg = "[limits]\nmax_http_actions_per_user = 1\naction_timeout_s = 5\n";
+    let (hub, sims) = hub(cfg, &["pbx1"]).await;
+    let addr = hub.addr;
+    let s = login(addr, "admin", PASSWORD).await;
+    sims[0].set_silent(true);
+    let mut seen = sims[0].actions();
+    let held = s.clone();
+    let first = tokio::spawn(async move {
+        get(addr, "/rawman?action=corestatus&actionid=a", Some(&held)).await
+    });
+    // Once the first is at the silent PBX, waiting, the user's only slot is taken.
+    loop {
+        let p = tokio::time::timeout(PATIENCE, seen.recv())
+            .await
+            .expect("the first action reached the PBX")
+            .expect("action");
+        if p.get("Action") == Some("corestatus") {
+            break;
+        }
+    }
+    let refused = get(addr, "/rawman?action=corestatus&actionid=b", Some(&s)).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(
+        refused.body.starts_with(
+            "Response: Error\r\nActionID: b\r\nMessage: user admin has 1 HTTP actions in flight"
+        ),
+        "{}",
+        refused.body
+    );
+    // amihub's own answers need no slot.
+    let r = get(addr, "/rawman?action=ping", Some(&s)).await;
+    assert_eq!(r.status, 200);
+    let r = first.await.expect("first");
+    assert!(
+        r.body.starts_with("Response: Error\r\nActionID: a\r\n"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("timeout"), "{}", r.body);
+}

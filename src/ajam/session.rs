@@ -23,7 +23,7 @@ use crate::amisrv::login;
 use crate::amisrv::render::{parse_rendered, render_reply};
 use crate::auth::{ActionRefused, AmiUser};
 use crate::config::{AjamSettings, LimitSettings};
-use crate::http::{ActionBudget, ActionSlot};
+use crate::http::{ActionBudget, ActionSlot, BudgetError};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::registry::pending::{is_response, Pending, ReplyTo, MAX_COLLECT_BYTES};
 use crate::registry::session::{
@@ -54,7 +54,7 @@ pub enum SessionError {
 }
 
 /// A request's answer: AMI text (the HTTP side renders it as the path asks), and the HTTP
-/// status (200, as Asterisk answers even errors; 503 when a budget is used up).
+/// status (200, as Asterisk answers even errors; 429/503 when the action budget is used up).
 #[derive(Debug)]
 pub struct Answer {
     pub text: String,
@@ -316,7 +316,11 @@ impl AjamSession {
             Ok(slot) => slot,
             Err(e) => {
                 let mut answer = self.refused(id, &e.to_string());
-                answer.status = 503;
+                // As on the JSON API: past the user's share 429, past the whole budget 503.
+                answer.status = match e {
+                    BudgetError::Share { .. } => 429,
+                    BudgetError::Full(_) => 503,
+                };
                 let _ = reply.send(answer);
                 return;
             }

@@ -25,7 +25,7 @@ use crate::registry::session::{SessionIo, SessionSlot};
 use crate::registry::Registry;
 use crate::ws::outbound::OutboundStream;
 use crate::ws::session::WsSession;
-pub use budget::{ActionBudget, Slot as ActionSlot};
+pub use budget::{ActionBudget, BudgetError, Slot as ActionSlot};
 pub use gate::{client_ip, cross_site, gate};
 
 /// What every request handler shares.
