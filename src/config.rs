@@ -40,6 +40,8 @@ pub struct Settings {
     #[serde(default)]
     pub demo: DemoSettings,
     #[serde(default)]
+    pub ajam: AjamSettings,
+    #[serde(default)]
     pub servers: Vec<ServerSettings>,
     #[serde(default)]
     pub users: Vec<UserSettings>,
@@ -192,6 +194,36 @@ impl Default for DemoSettings {
     fn default() -> Self {
         DemoSettings {
             rtcp_interval_ms: 5_000,
+        }
+    }
+}
+
+/// AJAM (SPEC §9): Asterisk's HTTP manager (`/rawman`, `/mxml`, `/manager`, and `/a…` with
+/// Digest) on the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AjamSettings {
+    /// Serve the AJAM paths at all.
+    pub enabled: bool,
+    /// Asterisk's `httptimeout`: a cookie session idle this long ends (also the cookie's Max-Age
+    /// and the longest `WaitEvent`).
+    pub httptimeout_s: u64,
+    /// Live HTTP manager sessions at most (cookie and Digest); more logins are refused.
+    pub max_sessions: usize,
+    /// Events waiting for `WaitEvent` per session at most; the oldest are dropped past it.
+    pub queue_events: usize,
+    /// Bytes of events waiting per session at most (the oldest are dropped past it).
+    pub queue_bytes: usize,
+}
+
+impl Default for AjamSettings {
+    fn default() -> Self {
+        AjamSettings {
+            enabled: true,
+            httptimeout_s: 60,
+            max_sessions: 1000,
+            queue_events: 1000,
+            queue_bytes: 1 << 20,
         }
     }
 }
@@ -547,6 +579,17 @@ impl Settings {
         if al.auth_timeout_s == 0 || al.max_sessions == 0 {
             problems
                 .push("ami_listener.auth_timeout_s and max_sessions: must be at least 1".into());
+        }
+        let aj = &self.ajam;
+        if aj.httptimeout_s == 0
+            || aj.max_sessions == 0
+            || aj.queue_events == 0
+            || aj.queue_bytes == 0
+        {
+            problems.push(
+                "ajam.httptimeout_s, max_sessions, queue_events and queue_bytes: must be at least 1"
+                    .into(),
+            );
         }
         let r = &self.reconnect;
         if r.initial_ms == 0 || r.max_ms < r.initial_ms {

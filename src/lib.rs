@@ -4,7 +4,8 @@
 //! - [`auth`]: users, credentials (argon2, tokens, htdigest) and rights; pure checks.
 //! - [`config`]: the only reader of config files and environment; validates everything up front.
 //! - [`ami`]: bytes <-> AMI packets and actions. Pure: never imports actix, serde_json or sockets.
-//! - [`ajam`]: AJAM body formats (AMI text -> `/mxml` XML, `/manager` HTML). Pure.
+//! - [`ajam`]: AJAM, Asterisk's HTTP manager (`/rawman`, `/mxml`, `/manager`, Digest twins): pure
+//!   body formats and queues, one actor per HTTP manager session, the routes.
 //! - [`pbx`]: the supervised connection actor per PBX (login, keepalive, reconnect with backoff).
 //! - [`registry`]: server_id -> PBX actor, sessions, ActionID routing, fan-out of shared frames;
 //!   `registry::session` is the protocol its front ends (WebSocket, AMI listener) implement.

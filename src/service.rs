@@ -85,6 +85,11 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         ),
         passwords: crate::auth::hasher::PasswordPool::for_this_host(),
         failures: Arc::default(),
+        ajam: None,
+    };
+    let state = AppState {
+        ajam: crate::ajam::Ajam::start(&state),
+        ..state
     };
     let ami_arbiter = start_ami_listener(&settings, &state)?;
     let server = serve(state.clone(), listener)?;

@@ -1,20 +1,24 @@
-//! HTTP manager sessions (the `mansession_id` cookie): who is logged in, and each session's
-//! bounded queue of events waiting for `WaitEvent`. Pure state: time comes in as an argument and
-//! nothing here knows HTTP, actors or the registry.
+//! HTTP manager session state that is not I/O: the `mansession_id` (128 random bits, where
+//! Asterisk uses 32) and the bounded queue of events waiting for `WaitEvent`. Pure: nothing here
+//! knows HTTP, actors, clocks or the registry.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
 
 use rand::RngCore;
 
 /// Bytes of randomness in a session id (Asterisk uses 32 bits; guessing 128 is hopeless).
 const ID_BYTES: usize = 16;
 
-/// Why a session could not be created.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
-    #[error("too many HTTP manager sessions ({0})")]
-    Full(usize),
+/// A fresh session id: 32 lower-case hex digits from the OS generator.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; ID_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `id` has the shape of an id amihub issues (anything else is never looked up).
+pub fn is_id(id: &str) -> bool {
+    id.len() == ID_BYTES * 2 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What `WaitEvent` takes from a session's queue.
@@ -25,120 +29,60 @@ pub struct Drained<E> {
     pub dropped: u64,
 }
 
-struct Entry<E> {
-    user: String,
-    queue: VecDeque<E>,
+/// Events waiting for `WaitEvent`, bounded by count and bytes; when full the oldest go, and
+/// how many went is reported with the next drain.
+pub struct EventQueue<E> {
+    queue: VecDeque<(E, usize)>,
+    bytes: usize,
     dropped: u64,
-    last_seen: Instant,
+    max_events: usize,
+    max_bytes: usize,
 }
 
-/// Every HTTP manager session, with its bounds.
-pub struct SessionTable<E> {
-    map: HashMap<String, Entry<E>>,
-    max_sessions: usize,
-    queue_max: usize,
-    idle: Duration,
-}
-
-impl<E> SessionTable<E> {
-    /// `idle` is Asterisk's `httptimeout`; `queue_max` bounds each session's waiting events.
-    pub fn new(max_sessions: usize, queue_max: usize, idle: Duration) -> SessionTable<E> {
-        SessionTable {
-            map: HashMap::new(),
-            max_sessions,
-            queue_max: queue_max.max(1),
-            idle,
+impl<E> EventQueue<E> {
+    pub fn new(max_events: usize, max_bytes: usize) -> EventQueue<E> {
+        EventQueue {
+            queue: VecDeque::new(),
+            bytes: 0,
+            dropped: 0,
+            max_events: max_events.max(1),
+            max_bytes: max_bytes.max(1),
         }
     }
 
-    /// Starts a session for a logged-in user and returns its new random id.
-    pub fn create(&mut self, user: &str, now: Instant) -> Result<String, SessionError> {
-        self.expire(now);
-        if self.map.len() >= self.max_sessions {
-            return Err(SessionError::Full(self.max_sessions));
+    /// Queues an event of `size` bytes, dropping the oldest while over a bound; returns how
+    /// many were dropped (an event larger than the byte bound alone is dropped itself).
+    pub fn push(&mut self, event: E, size: usize) -> u64 {
+        let before = self.dropped;
+        self.queue.push_back((event, size));
+        self.bytes += size;
+        while self.queue.len() > self.max_events || self.bytes > self.max_bytes {
+            let Some((_, gone)) = self.queue.pop_front() else {
+                break;
+            };
+            self.bytes -= gone;
+            self.dropped += 1;
         }
-        let id = loop {
-            let mut bytes = [0u8; ID_BYTES];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
-            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            if !self.map.contains_key(&id) {
-                break id;
-            }
-        };
-        self.map.insert(
-            id.clone(),
-            Entry {
-                user: user.to_owned(),
-                queue: VecDeque::new(),
-                dropped: 0,
-                last_seen: now,
-            },
-        );
-        Ok(id)
+        self.dropped - before
     }
 
-    /// The user of a live session, refreshing its idle timer; `None` if unknown or expired.
-    pub fn touch(&mut self, id: &str, now: Instant) -> Option<&str> {
-        let idle = self.idle;
-        let entry = self.map.get_mut(id)?;
-        if now.saturating_duration_since(entry.last_seen) >= idle {
-            self.map.remove(id);
-            return None;
+    /// Takes every waiting event, in order, each exactly once.
+    pub fn drain(&mut self) -> Drained<E> {
+        self.bytes = 0;
+        Drained {
+            events: self.queue.drain(..).map(|(e, _)| e).collect(),
+            dropped: std::mem::take(&mut self.dropped),
         }
-        entry.last_seen = now;
-        Some(&self.map.get(id)?.user)
     }
 
-    /// Ends a session (Logoff); whether it existed.
-    pub fn remove(&mut self, id: &str) -> bool {
-        self.map.remove(id).is_some()
-    }
-
-    /// Queues an event for one session, dropping its oldest when full.
-    pub fn push(&mut self, id: &str, event: E) {
-        let Some(entry) = self.map.get_mut(id) else {
-            return;
-        };
-        if entry.queue.len() >= self.queue_max {
-            entry.queue.pop_front();
-            entry.dropped += 1;
-        }
-        entry.queue.push_back(event);
-    }
-
-    /// Ids of the live sessions of one user (to push what that user may see).
-    pub fn ids(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.map
-            .iter()
-            .map(|(id, e)| (id.as_str(), e.user.as_str()))
-    }
-
-    /// Takes every waiting event of a session, in order, each exactly once.
-    pub fn drain(&mut self, id: &str) -> Option<Drained<E>> {
-        let entry = self.map.get_mut(id)?;
-        Some(Drained {
-            events: entry.queue.drain(..).collect(),
-            dropped: std::mem::take(&mut entry.dropped),
-        })
-    }
-
-    /// Removes sessions idle for `idle` or longer; returns how many went.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let before = self.map.len();
-        let idle = self.idle;
-        self.map
-            .retain(|_, e| now.saturating_duration_since(e.last_seen) < idle);
-        before - self.map.len()
-    }
-
-    /// Live sessions.
+    /// Events waiting.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.queue.len()
     }
 
-    /// Whether no session is live.
+    /// Whether nothing waits (and nothing was dropped since the last drain).
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.queue.is_empty() && self.dropped == 0
     }
 }
 
@@ -146,80 +90,56 @@ impl<E> SessionTable<E> {
 mod tests {
     use super::*;
 
-    fn table() -> SessionTable<u32> {
-        SessionTable::new(3, 2, Duration::from_secs(60))
-    }
-
     #[test]
     fn ids_are_long_random_and_distinct() {
-        let mut t = table();
-        let now = Instant::now();
-        let a = t.create("ann", now).expect("a");
-        let b = t.create("ann", now).expect("b");
+        let (a, b) = (new_id(), new_id());
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(is_id(&a) && is_id(&b));
         assert_ne!(a, b);
-        assert_eq!(t.touch(&a, now), Some("ann"));
-        assert_eq!(t.touch("00", now), None);
+        assert!(!is_id("5475a4ec"), "Asterisk's 32-bit shape is not ours");
+        assert!(!is_id(&a.to_uppercase()));
+        assert!(!is_id(&format!("{}\"", &a[..31])));
     }
 
     #[test]
     fn events_come_out_in_order_exactly_once_and_overflow_drops_the_oldest() {
-        let mut t = table();
-        let now = Instant::now();
-        let id = t.create("ann", now).expect("id");
-        t.push(&id, 1);
-        t.push(&id, 2);
+        let mut q = EventQueue::new(2, 1000);
+        q.push(1, 1);
+        q.push(2, 1);
         assert_eq!(
-            t.drain(&id),
-            Some(Drained {
+            q.drain(),
+            Drained {
                 events: vec![1, 2],
                 dropped: 0
-            })
+            }
         );
+        assert!(q.is_empty());
+        assert_eq!(q.drain().events, Vec::<u32>::new());
+        let dropped: u64 = (3..=6).map(|e| q.push(e, 1)).sum();
+        assert_eq!(dropped, 2);
+        assert!(!q.is_empty());
         assert_eq!(
-            t.drain(&id),
-            Some(Drained {
-                events: vec![],
-                dropped: 0
-            })
-        );
-        for e in 3..=6 {
-            t.push(&id, e);
-        }
-        assert_eq!(
-            t.drain(&id),
-            Some(Drained {
+            q.drain(),
+            Drained {
                 events: vec![5, 6],
                 dropped: 2
-            })
+            }
         );
     }
 
     #[test]
-    fn idle_sessions_expire_and_the_table_is_bounded() {
-        let mut t = table();
-        let start = Instant::now();
-        let kept = t.create("a", start).expect("a");
-        let _gone = t.create("b", start).expect("b");
-        t.create("c", start).expect("c");
-        assert_eq!(t.create("d", start), Err(SessionError::Full(3)));
-        let later = start + Duration::from_secs(30);
-        assert!(t.touch(&kept, later).is_some());
-        let after = start + Duration::from_secs(61);
-        assert_eq!(t.expire(after), 2);
-        assert_eq!(t.len(), 1);
-        assert!(t.create("d", after).is_ok());
-        assert_eq!(t.touch(&kept, later + Duration::from_secs(60)), None);
-    }
-
-    #[test]
-    fn logoff_ends_a_session() {
-        let mut t = table();
-        let now = Instant::now();
-        let id = t.create("a", now).expect("id");
-        assert!(t.remove(&id));
-        assert!(!t.remove(&id));
-        assert_eq!(t.drain(&id), None);
+    fn the_byte_bound_holds_too() {
+        let mut q = EventQueue::new(100, 10);
+        q.push("a", 4);
+        q.push("b", 4);
+        assert_eq!(q.push("c", 4), 1, "a goes");
+        assert_eq!(q.len(), 2);
+        assert_eq!(
+            q.push("huge", 11),
+            3,
+            "too big alone: everything goes, itself too"
+        );
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.drain().dropped, 4);
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::login;
 use super::render::render_reply;
 use super::session::AmiSession;
-use crate::ami::{parse_packet, Limits, Packet};
+use crate::ami::Packet;
 use crate::metrics::Metrics;
 use crate::registry::session::Format;
 use crate::registry::{AddServer, DropServer, ListServers, ListSessions, SetFormat};
@@ -116,12 +116,7 @@ impl OutputFormat {
 }
 
 fn parse(frame: &str) -> Packet {
-    let unbounded = Limits {
-        max_line_bytes: usize::MAX,
-        max_packet_bytes: usize::MAX,
-        max_headers: usize::MAX,
-    };
-    parse_packet(frame.as_bytes(), &unbounded).unwrap_or_default()
+    super::render::parse_rendered(frame)
 }
 
 /// A header name as an XML element name: characters XML names cannot hold become `_`.

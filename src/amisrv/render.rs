@@ -4,7 +4,7 @@
 
 use bytestring::ByteString;
 
-use crate::ami::{Packet, PacketKind};
+use crate::ami::{parse_packet, Limits, Packet, PacketKind};
 
 /// What to do with a packet's `ActionID` header on its way to one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,17 @@ pub fn render_packet(p: &Packet, server: Option<&str>, id: IdRewrite<'_>) -> Byt
     }
     out.push_str("\r\n");
     ByteString::from(out)
+}
+
+/// Parses a frame rendered here (or by the registry) back into a packet, without the codec's
+/// bounds: it was bounded when it came in.
+pub fn parse_rendered(frame: &str) -> Packet {
+    let unbounded = Limits {
+        max_line_bytes: usize::MAX,
+        max_packet_bytes: usize::MAX,
+        max_headers: usize::MAX,
+    };
+    parse_packet(frame.as_bytes(), &unbounded).unwrap_or_default()
 }
 
 /// amihub's own reply in Asterisk's order: `fields[0]` (the `Response:` line), then `ActionID:`

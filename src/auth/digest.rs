@@ -53,6 +53,11 @@ fn md5_hex(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// HA1 = MD5(user:realm:password), what an htdigest file stores.
+pub fn ha1(user: &str, realm: &str, password: &str) -> String {
+    md5_hex(&[user, realm, password])
+}
+
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -254,6 +254,9 @@ pub struct AmiUser {
 pub struct Authenticator {
     users: Vec<User>,
     digest: Option<digest::DigestUsers>,
+    /// Who may answer HTTP Digest on the AJAM paths (`/arawman`, …): the htdigest users and
+    /// every `[[users]]` entry with an `ami_secret` (Digest needs a cleartext secret or an HA1).
+    ajam_digest: digest::DigestUsers,
     default_rights: Arc<Rights>,
     open_remote: bool,
     /// Argon2 is deliberately slow: (user, password) pairs verified lately, by keyed hash.
@@ -285,9 +288,31 @@ impl Authenticator {
             Some(path) => Some(digest::DigestUsers::load(path, &settings.http.auth_domain)?),
             None => None,
         };
+        let realm = &settings.http.auth_domain;
+        let mut lines: Vec<String> = settings
+            .users
+            .iter()
+            .filter_map(|u| {
+                let secret = u.ami_secret.as_deref()?;
+                Some(format!(
+                    "{}:{realm}:{}",
+                    u.name,
+                    digest::ha1(&u.name, realm, secret)
+                ))
+            })
+            .collect();
+        if let Some(d) = &digest {
+            lines.extend(
+                d.entries()
+                    .into_iter()
+                    .map(|(u, h)| format!("{u}:{realm}:{h}")),
+            );
+        }
+        let ajam_digest = digest::DigestUsers::parse(&lines.join("\n"), realm);
         Ok(Authenticator {
             users,
             digest,
+            ajam_digest,
             default_rights: Arc::new(Rights::from_user(&UserSettings::default())),
             open_remote: settings.http.allow_anonymous_remote,
             verified: Mutex::new(HashMap::new()),
@@ -440,15 +465,32 @@ impl Authenticator {
                 self.identity_for(user)
             }
         };
+        Ok(self.ami_user(identity, name))
+    }
+
+    fn ami_user(&self, identity: Identity, name: &str) -> AmiUser {
         let default_server = self
             .users
             .iter()
             .find(|u| u.name == name)
             .and_then(|u| u.ami_default_server.clone());
-        Ok(AmiUser {
+        AmiUser {
             identity,
             default_server,
-        })
+        }
+    }
+
+    /// The `WWW-Authenticate` Digest challenge of the AJAM paths (`stale` when the client's nonce
+    /// wore out).
+    pub fn ajam_challenge(&self, stale: bool) -> String {
+        self.ajam_digest.challenge(stale)
+    }
+
+    /// Checks an AJAM request's `Authorization: Digest …` parameters (for `method` and the
+    /// request target `uri`) against the htdigest users and the `ami_secret` of `[[users]]`.
+    pub fn ajam_digest(&self, method: &str, uri: &str, params: &str) -> Result<AmiUser, AuthError> {
+        let name = self.ajam_digest.verify(method, uri, params)?;
+        Ok(self.ami_user(self.identity_for(&name), &name))
     }
 
     fn identity_for(&self, name: &str) -> Identity {

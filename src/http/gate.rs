@@ -120,23 +120,55 @@ fn forgery_refused(req: &ServiceRequest, state: &AppState) -> Option<(StatusCode
             "a state-changing request needs Content-Type: application/json".into(),
         ));
     }
-    let http = &state.settings.http;
-    let tls = http.tls_cert.is_some();
-    let cross = match headers.get("origin") {
-        Some(o) => !o
-            .to_str()
-            .is_ok_and(|o| origin::origin_allowed(o, local_addr(req), tls, &http.allowed_origins)),
-        // Without Origin, a browser still says where the request came from.
-        None => headers
-            .get("sec-fetch-site")
-            .is_some_and(|v| !matches!(v.as_bytes(), b"same-origin" | b"none")),
-    };
-    cross.then(|| {
+    cross_site(headers, local_addr(req), &state.settings).then(|| {
         (
             StatusCode::FORBIDDEN,
             "cross-origin request refused (origin not allowed)".into(),
         )
     })
+}
+
+/// Whether a browser says this request comes from another site: an `Origin` that is neither
+/// amihub's own nor in `allowed_origins`, or without Origin a `Sec-Fetch-Site` other than
+/// `same-origin`/`none`. Clients that are no browser send neither.
+pub fn cross_site(
+    headers: &actix_web::http::header::HeaderMap,
+    local: std::net::SocketAddr,
+    settings: &crate::config::Settings,
+) -> bool {
+    let http = &settings.http;
+    let tls = http.tls_cert.is_some();
+    match headers.get("origin") {
+        Some(o) => !o
+            .to_str()
+            .is_ok_and(|o| origin::origin_allowed(o, local, tls, &http.allowed_origins)),
+        // Without Origin, a browser still says where the request came from.
+        None => headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| !matches!(v.as_bytes(), b"same-origin" | b"none")),
+    }
+}
+
+/// The forwarding chains a request names, per header.
+fn chains_of(headers: &actix_web::http::header::HeaderMap) -> Vec<(Header, Vec<IpAddr>)> {
+    Header::ALL
+        .iter()
+        .map(|h| {
+            let chain = headers
+                .get_all(h.name())
+                .flat_map(|v| forwarded::addresses(*h, v.as_bytes()))
+                .collect();
+            (*h, chain)
+        })
+        .collect()
+}
+
+/// The address failed logins of this request count against (see [`client_address`]).
+pub fn client_ip(
+    headers: &actix_web::http::header::HeaderMap,
+    peer: Option<IpAddr>,
+) -> Option<IpAddr> {
+    client_address(peer, &chains_of(headers))
 }
 
 /// The address failed logins count against: the peer, or for a loopback peer (a local reverse
@@ -176,17 +208,13 @@ pub async fn gate(
             return Ok(refuse(req, StatusCode::FORBIDDEN, &message));
         }
     }
+    // AJAM authenticates itself (a login cookie or Digest per request) and applies the CSRF
+    // rule to form requests itself (crate::ajam::http).
+    if state.ajam.is_some() && crate::ajam::is_ajam_path(&percent_decode_path(req.path())) {
+        return next.call(req).await;
+    }
     let headers = req.headers();
-    let chains: Vec<(Header, Vec<IpAddr>)> = Header::ALL
-        .iter()
-        .map(|h| {
-            let chain = headers
-                .get_all(h.name())
-                .flat_map(|v| forwarded::addresses(*h, v.as_bytes()))
-                .collect();
-            (*h, chain)
-        })
-        .collect();
+    let chains = chains_of(headers);
     let peer = req.peer_addr().map(|a| a.ip());
     let client = client_address(peer, &chains);
     let has_credentials =

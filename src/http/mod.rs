@@ -25,8 +25,8 @@ use crate::registry::session::{SessionIo, SessionSlot};
 use crate::registry::Registry;
 use crate::ws::outbound::OutboundStream;
 use crate::ws::session::WsSession;
-pub use budget::ActionBudget;
-pub use gate::gate;
+pub use budget::{ActionBudget, BudgetError, Slot as ActionSlot};
+pub use gate::{client_ip, cross_site, gate};
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -43,6 +43,8 @@ pub struct AppState {
     pub passwords: Arc<PasswordPool>,
     /// Failed logins per client address.
     pub failures: Arc<FailureLimiter>,
+    /// AJAM (`[ajam] enabled`): its session directory and what its sessions share.
+    pub ajam: Option<crate::ajam::Ajam>,
 }
 
 impl AppState {
@@ -75,6 +77,9 @@ fn is_upgrade(head: &actix_web::dev::RequestHead) -> bool {
 pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let web_root = state.settings.http.web_root.clone();
+        if state.ajam.is_some() {
+            cfg.configure(crate::ajam::http::routes);
+        }
         cfg.app_data(web::Data::new(state))
             .app_data(web::JsonConfig::default().limit(65_536))
             .route("/ws", web::get().to(ws_upgrade))
