@@ -17,6 +17,8 @@ use futures_util::task::AtomicWaker;
 
 use crate::metrics::{Metrics, SharedMetrics};
 
+use super::fanout::Unfiltered;
+
 /// How a session wants packets rendered; each format is rendered at most once per broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -35,11 +37,39 @@ impl Format {
     }
 }
 
-/// Frames to write, shared with every other session that receives them.
+/// Frames to write, shared with every other session that receives them; or a whole shared
+/// batch this session selects from itself ([`Deliver::take`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver {
-    pub frames: Arc<[ByteString]>,
+pub struct Deliver(Delivery);
+
+enum Delivery {
+    Frames(Arc<[ByteString]>),
+    Select(Box<Unfiltered>),
+}
+
+impl Deliver {
+    pub fn frames(frames: Arc<[ByteString]>) -> Deliver {
+        Deliver(Delivery::Frames(frames))
+    }
+
+    pub(super) fn select(batch: Unfiltered) -> Deliver {
+        Deliver(Delivery::Select(Box::new(batch)))
+    }
+
+    /// The frames to write. A session that filters pays for it here, in its own actor: the
+    /// selection runs now, and the bytes it drops are counted off `io`.
+    pub fn take(self, io: &SessionIo) -> Arc<[ByteString]> {
+        match self.0 {
+            Delivery::Frames(frames) => frames,
+            // Closed already: what is left in the mailbox is dropped, not selected.
+            Delivery::Select(batch) if io.is_aborted() => {
+                batch.drop_unselected(io);
+                Arc::from(Vec::new())
+            }
+            Delivery::Select(batch) => batch.select(io),
+        }
+    }
 }
 
 /// Close this session (WebSocket close code: 1001 at shutdown, 4001 when credentials changed).

@@ -223,7 +223,7 @@ impl Handler<Deliver> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        for frame in msg.frames.iter() {
+        for frame in msg.take(&self.io).iter() {
             ctx.text(frame.clone());
         }
     }
