@@ -369,7 +369,7 @@ impl AmiSession {
         self.shared.registry.do_send(Join {
             session: self.id,
             user: user.identity.name.clone(),
-            out: ctx.address().recipient(),
+            out: Some(ctx.address().recipient()),
             close: ctx.address().recipient(),
             io: self.io.clone(),
             rights: user.identity.rights.clone(),

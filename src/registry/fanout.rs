@@ -24,7 +24,7 @@ use crate::amisrv::render::{render_packet, IdRewrite};
 use crate::auth::Rights;
 use crate::metrics::{Metrics, SharedMetrics};
 
-use super::session::{CloseSession, Deliver, Format, SessionIo};
+use super::session::{CloseSession, Deliver, Format, SessionIo, SharedFrames};
 use super::subscription::Subscription;
 
 /// A frame on its way to sessions; `packet` (for events) lets per-session filters look inside.
@@ -81,7 +81,7 @@ struct Rendered {
     server: Arc<str>,
     /// Per format: every frame, and the frames that exist as one Arc (for takers of all).
     frames: [Option<FormatFrames>; Format::COUNT],
-    shared: [Option<(Arc<[ByteString]>, usize)>; Format::COUNT],
+    shared: [Option<Arc<SharedFrames>>; Format::COUNT],
 }
 
 impl Rendered {
@@ -99,14 +99,16 @@ impl Rendered {
             .clone()
     }
 
-    fn shared(&mut self, format: Format) -> (Arc<[ByteString]>, usize) {
+    fn shared(&mut self, format: Format) -> Arc<SharedFrames> {
         if let Some(s) = &self.shared[format.index()] {
             return s.clone();
         }
-        let (frames, bytes) = self.frames(format);
-        let frames: Arc<[ByteString]> = frames.iter().flatten().cloned().collect();
-        self.shared[format.index()] = Some((frames.clone(), bytes));
-        (frames, bytes)
+        let (frames, _) = self.frames(format);
+        let shared = Arc::new(SharedFrames::new(
+            frames.iter().flatten().cloned().collect(),
+        ));
+        self.shared[format.index()] = Some(shared.clone());
+        shared
     }
 }
 
@@ -257,7 +259,8 @@ fn count_out(metrics: &Metrics, format: Format, frames: usize, bytes: usize) {
 /// One joined session.
 pub struct SessionEntry {
     pub user: String,
-    pub out: Recipient<Deliver>,
+    /// The session actor, or None when its socket task takes batches from `io` itself.
+    pub out: Option<Recipient<Deliver>>,
     pub close: Recipient<CloseSession>,
     pub io: Arc<SessionIo>,
     pub select: Selection,
@@ -328,7 +331,10 @@ impl Sessions {
             return false;
         }
         entry.io.add_queued(bytes);
-        entry.out.do_send(deliver);
+        match &entry.out {
+            Some(out) => out.do_send(deliver),
+            None => entry.io.push(deliver),
+        }
         true
     }
 
@@ -351,9 +357,9 @@ impl Sessions {
                 continue;
             }
             let ok = if entry.select.takes_all() {
-                let (frames, bytes) = rendered.shared(entry.select.format);
-                let n = frames.len();
-                let ok = n == 0 || self.push(entry, Deliver::frames(frames), bytes);
+                let shared = rendered.shared(entry.select.format);
+                let (n, bytes) = (shared.frames().len(), shared.bytes());
+                let ok = n == 0 || self.push(entry, Deliver::shared(shared), bytes);
                 if ok {
                     count_out(&self.metrics, entry.select.format, n, bytes);
                 }

@@ -80,7 +80,8 @@ pub struct PbxStatusChanged {
 pub struct Join {
     pub session: u64,
     pub user: String,
-    pub out: Recipient<Deliver>,
+    /// The session actor; None when the session's socket task takes batches from `io`.
+    pub out: Option<Recipient<Deliver>>,
     pub close: Recipient<CloseSession>,
     pub io: Arc<SessionIo>,
     pub rights: Arc<Rights>,
