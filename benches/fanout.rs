@@ -1,13 +1,31 @@
-//! Serialise-and-fan-out: rendering a packet to the JSON envelope once, and handing the shared
-//! frames to N sessions (what the registry does per batch), against rendering per session.
+//! The fan-out path, per session: the registry's `Sessions::broadcast` of one PBX batch to N
+//! WebSocket sessions, then each session's socket task taking its batch and framing it for the
+//! socket (`Deliver::wire` with `frame_texts`), everything but the syscall. Against it, what the
+//! old path did per session (a WebSocket header and a copy of every frame into each session's
+//! own buffer), and sessions that filter (each selects and frames its own).
+//!
+//! `cargo bench --bench fanout`; throughput is messages delivered (events × sessions), so
+//! time per element is the cost of one message to one session.
 
 use std::sync::Arc;
 
+use actix::prelude::*;
+use actix_http::ws::{OpCode, Parser};
+use bytes::BytesMut;
 use bytestring::ByteString;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use amihub::ami::Packet;
+use amihub::auth::Rights;
+use amihub::metrics::Metrics;
+use amihub::registry::fanout::{Outgoing, Selection, SessionEntry, Sessions};
+use amihub::registry::session::{CloseSession, Format, SessionIo};
+use amihub::registry::Subscription;
+use amihub::ws::outbound::frame_texts;
 use amihub::ws::protocol::{encode_packet, ServerTag};
+
+/// Events per PBX batch (what one read of a busy PBX yields).
+const BATCH: usize = 64;
 
 /// A realistic ~600-byte channel event.
 fn event(seq: u64) -> Packet {
@@ -31,24 +49,85 @@ fn event(seq: u64) -> Packet {
         ("Linkedid", format!("1795353492.{seq}")),
         ("ChanVariable", "SIPCALLID=0123456789abcdef@10.0.0.1".into()),
         ("ChanVariable", "QUEUE_PRIO=5".into()),
-        (
-            "ChanVariable(PJSIP/100-0001)",
-            "CDR(accountcode)=acme".into(),
-        ),
     ])
 }
 
-fn bench(c: &mut Criterion) {
-    let tag = ServerTag::new(1, "pbx1", false);
-    let packets: Vec<Packet> = (0..256).map(event).collect();
-    let bytes: usize = packets
+/// Stands in for a session actor: only its close recipient is needed.
+struct Closer;
+
+impl Actor for Closer {
+    type Context = Context<Self>;
+}
+
+impl Handler<CloseSession> for Closer {
+    type Result = ();
+    fn handle(&mut self, _: CloseSession, _: &mut Context<Self>) {}
+}
+
+/// `n` joined WebSocket sessions (socket-task delivery), filtering with `subscription`.
+fn sessions(n: usize, subscription: Option<Subscription>) -> (Sessions, Vec<Arc<SessionIo>>) {
+    let close = Closer.start().recipient();
+    let rights = Arc::new(Rights::everything());
+    let subscription = subscription.map(Arc::new);
+    let mut s = Sessions::new(usize::MAX / 2, Arc::new(Metrics::default()));
+    let mut ios = Vec::new();
+    for id in 0..n as u64 {
+        let io = SessionIo::new(None, None);
+        let budget = s.budget(&format!("user{id}"));
+        s.map.insert(
+            id,
+            SessionEntry {
+                user: format!("user{id}"),
+                out: None,
+                close: close.clone(),
+                io: io.clone(),
+                select: Selection {
+                    rights: rights.clone(),
+                    subscription: subscription.clone(),
+                    format: Format::Json,
+                    budget,
+                },
+                pending: 0,
+            },
+        );
+        ios.push(io);
+    }
+    (s, ios)
+}
+
+/// One PBX batch through the registry and every session's socket task.
+fn deliver(s: &Sessions, ios: &[Arc<SessionIo>], frames: &[ByteString], packets: &[Packet]) {
+    let batch = frames
         .iter()
-        .map(|p| encode_packet(&tag, p, None).len())
-        .sum();
+        .zip(packets)
+        .map(|(f, p)| Outgoing::packet(f.clone(), p.clone(), None))
+        .collect();
+    assert!(s.broadcast((1, "pbx1"), batch).is_empty());
+    for io in ios {
+        while let Some(d) = io.pop() {
+            let (bytes, queued) = d.wire(io, frame_texts);
+            io.sub_queued(queued);
+            black_box(bytes);
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let system = System::new();
+    system.block_on(async { run(c) });
+}
+
+fn run(c: &mut Criterion) {
+    let tag = ServerTag::new(1, "pbx1", false);
+    let packets: Vec<Packet> = (0..BATCH as u64).map(event).collect();
+    let frames: Vec<ByteString> = packets
+        .iter()
+        .map(|p| encode_packet(&tag, p, None))
+        .collect();
 
     let mut render = c.benchmark_group("render");
-    render.throughput(Throughput::Elements(packets.len() as u64));
-    render.bench_function("encode_packet_256", |b| {
+    render.throughput(Throughput::Elements(BATCH as u64));
+    render.bench_function("encode_packet", |b| {
         b.iter(|| {
             for p in &packets {
                 black_box(encode_packet(&tag, p, None));
@@ -57,47 +136,32 @@ fn bench(c: &mut Criterion) {
     });
     render.finish();
 
-    let mut fan = c.benchmark_group("fanout_batch_of_256");
-    for sessions in [1usize, 100, 1000] {
-        // Messages delivered per iteration: every event to every session.
-        fan.throughput(Throughput::Elements((packets.len() * sessions) as u64));
-        fan.bench_with_input(
-            BenchmarkId::new("render_once_share", sessions),
-            &sessions,
-            |b, &n| {
-                b.iter(|| {
-                    let frames: Arc<[ByteString]> = packets
-                        .iter()
-                        .map(|p| encode_packet(&tag, p, None))
-                        .collect();
-                    let mut queued = 0usize;
-                    for _ in 0..n {
-                        // What a session receives: a clone of the shared batch.
-                        let mine = black_box(frames.clone());
-                        queued += bytes;
-                        drop(mine);
+    let mut fan = c.benchmark_group("fanout_per_message");
+    for n in [1usize, 100, 1000] {
+        fan.throughput(Throughput::Elements((BATCH * n) as u64));
+        let (all, all_ios) = sessions(n, None);
+        fan.bench_with_input(BenchmarkId::new("shared_framed_batch", n), &n, |b, _| {
+            b.iter(|| deliver(&all, &all_ios, &frames, &packets))
+        });
+        // The old write path: every session framed and copied every frame into its own buffer.
+        fan.bench_with_input(BenchmarkId::new("framed_per_session", n), &n, |b, &n| {
+            b.iter(|| {
+                let shared: Arc<[ByteString]> = frames.iter().cloned().collect();
+                for _ in 0..n {
+                    let mine = shared.clone();
+                    let mut buf = BytesMut::new();
+                    for f in mine.iter() {
+                        Parser::write_message(&mut buf, f.as_bytes(), OpCode::Text, true, false);
                     }
-                    black_box(queued)
-                })
-            },
-        );
-        if sessions <= 100 {
-            fan.bench_with_input(
-                BenchmarkId::new("render_per_session", sessions),
-                &sessions,
-                |b, &n| {
-                    b.iter(|| {
-                        for _ in 0..n {
-                            let frames: Vec<ByteString> = packets
-                                .iter()
-                                .map(|p| encode_packet(&tag, p, None))
-                                .collect();
-                            black_box(frames);
-                        }
-                    })
-                },
-            );
-        }
+                    black_box(buf);
+                }
+            })
+        });
+        let filter = Subscription::new(None, None, vec!["!Event: VarSet".into()]).ok();
+        let (filtering, filtering_ios) = sessions(n, filter);
+        fan.bench_with_input(BenchmarkId::new("filtering_sessions", n), &n, |b, _| {
+            b.iter(|| deliver(&filtering, &filtering_ios, &frames, &packets))
+        });
     }
     fan.finish();
 }

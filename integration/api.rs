@@ -122,6 +122,24 @@ fn numbered(c: &Client) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Sends a ProxyAction, returns its reply and the first frame matching `pred` it causes,
+/// which may come before or after the reply: the registry's frames are written in the order it
+/// makes them, the reply when the session actor gets its answer.
+async fn proxy_then(
+    c: &mut Client,
+    msg: Value,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> (Value, Value) {
+    let from = c.seen.len();
+    let r = proxy(c, msg).await;
+    let v = match c.seen[from..].iter().find(|v| pred(v)).cloned() {
+        Some(v) => v,
+        None => c.wait_for(what, pred).await,
+    };
+    (r, v)
+}
+
 /// Sends a ProxyAction and returns its type-8 reply (matched by `ProxyAction` or an error).
 async fn proxy(c: &mut Client, msg: Value) -> Value {
     let name = msg["ProxyAction"].as_str().unwrap_or("").to_string();
@@ -606,11 +624,15 @@ async fn add_and_drop_a_server_at_runtime_while_another_floods() {
     c.wait_for("flood", |v| is_flood(v, 1)).await;
 
     // Add server 7.
-    let r = proxy(&mut c, add_server_msg(7, "late", &late)).await;
+    let (r, _) = proxy_then(
+        &mut c,
+        add_server_msg(7, "late", &late),
+        "server 7 Connected",
+        |v| is_status(v, 7, "Connected"),
+    )
+    .await;
     assert_eq!(r["data"]["Response"], "Success", "{r}");
     assert_eq!(r["data"]["ServerID"], 7, "{r}");
-    c.wait_for("server 7 Connected", |v| is_status(v, 7, "Connected"))
-        .await;
     assert_eq!(late.stats().logins_ok, 1);
     late.emit(&[("Event", "LateHello"), ("N", "1")]);
     let v = c
@@ -659,12 +681,15 @@ async fn add_and_drop_a_server_at_runtime_while_another_floods() {
     assert_eq!(server_ids(hub.addr).await, [1, 7]);
 
     // Drop server 7.
-    let r = proxy(&mut c, json!({"ProxyAction":"DropServer","AMIServerID":7})).await;
+    let (r, v) = proxy_then(
+        &mut c,
+        json!({"ProxyAction":"DropServer","AMIServerID":7}),
+        "server 7 removed",
+        |v| is_status(v, 7, "Disconnected"),
+    )
+    .await;
     assert_eq!(r["data"]["Response"], "Success", "{r}");
     assert_eq!(r["data"]["ServerID"], 7, "{r}");
-    let v = c
-        .wait_for("server 7 removed", |v| is_status(v, 7, "Disconnected"))
-        .await;
     assert_eq!(v["data"]["Reason"], "removed", "{v}");
     assert!(
         late.wait_for(PATIENCE, |s| s.logoffs == 1).await,
@@ -806,10 +831,14 @@ async fn dropping_a_connected_server_updates_the_connected_gauge() {
     // The gauge is only wrong in some interleavings of Goodbye, EOF and the registry letting
     // go of the connection actor: a few rounds make it show.
     for round in 1..=20u64 {
-        let r = proxy(&mut c, add_server_msg(7, "late", &late)).await;
+        let (r, _) = proxy_then(
+            &mut c,
+            add_server_msg(7, "late", &late),
+            "server 7 Connected",
+            |v| is_status(v, 7, "Connected"),
+        )
+        .await;
         assert_eq!(r["data"]["Response"], "Success", "{r}");
-        c.wait_for("server 7 Connected", |v| is_status(v, 7, "Connected"))
-            .await;
         assert_eq!(metric(hub.addr, "amihub_pbx_connected").await, 2);
         let r = proxy(&mut c, json!({"ProxyAction":"DropServer","AMIServerID":7})).await;
         assert_eq!(r["data"]["Response"], "Success", "{r}");
@@ -841,16 +870,21 @@ async fn dropping_a_pbx_that_ignores_logoff_still_closes_its_connection() {
         .await;
     let mut add = add_server_msg(7, "late", &late);
     add["Server"]["ping_interval_s"] = json!(300);
-    let r = proxy(&mut c, add).await;
+    let (r, _) = proxy_then(&mut c, add, "server 7 Connected", |v| {
+        is_status(v, 7, "Connected")
+    })
+    .await;
     assert_eq!(r["data"]["Response"], "Success", "{r}");
-    c.wait_for("server 7 Connected", |v| is_status(v, 7, "Connected"))
-        .await;
     // The PBX hangs: it will not answer the Logoff.
     late.set_silent(true);
-    let r = proxy(&mut c, json!({"ProxyAction":"DropServer","AMIServerID":7})).await;
+    let (r, _) = proxy_then(
+        &mut c,
+        json!({"ProxyAction":"DropServer","AMIServerID":7}),
+        "server 7 removed",
+        |v| is_status(v, 7, "Disconnected"),
+    )
+    .await;
     assert_eq!(r["data"]["Response"], "Success", "{r}");
-    c.wait_for("server 7 removed", |v| is_status(v, 7, "Disconnected"))
-        .await;
     assert_eq!(server_ids(hub.addr).await, [1]);
     // After its grace period for the Goodbye, amihub must hang up on a dropped server.
     assert!(

@@ -1,15 +1,17 @@
 //! Regression tests for the HTTP/auth findings of the adversarial review (issue 9), over real
 //! sockets against the real binary and a simulated PBX that is asked what reached it:
 //! forwarding headers that cannot be parsed, DNS rebinding in loopback-only mode, CSRF on the
-//! HTTP API, HEAD on the probes, IPv4-mapped loopback peers, unknown vs forbidden servers, and
-//! Digest replays and unsupported variants.
+//! HTTP API, HEAD on the probes, IPv4-mapped loopback peers, unknown vs forbidden servers,
+//! Digest replays and unsupported variants, and heavy Subscribe filters during a flood.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use amihub::ami::Packet;
+use amihub::sim::FloodSpec;
 use md5::{Digest, Md5};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -728,4 +730,144 @@ async fn a_password_flood_is_rate_limited_and_does_not_lock_out_others() {
         refused <= amihub::auth::limiter::MAX_FAILURES + 16,
         "{refused} wrong passwords were checked"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Medium 7: heavy Subscribe filters
+// ---------------------------------------------------------------------------------------------
+
+/// Reads flood events until `Seq` `count`; panics on a gap, a close or a stall. Other
+/// messages (statuses) are skipped.
+async fn read_flood(mut c: Client, count: u64, within: Duration) -> Client {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = 0;
+    while last < count {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = c.next_json(left).await else {
+            panic!("a plain session stopped at Seq {last} of {count} (closed or stalled)");
+        };
+        if v["type"] != 3 || v["data"]["UserEvent"] != "Flood" {
+            continue;
+        }
+        let seq: u64 = v["data"]["Seq"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("flood event without a numeric Seq: {v}"));
+        assert_eq!(seq, last + 1, "a plain session lost events");
+        last = seq;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_subscribe_filters_cost_only_their_own_sessions() {
+    use serde_json::json;
+    const VIEWER: &str = "viewer-token-0123456789abcdef";
+    const PLAIN: usize = 3;
+    const HEAVY: usize = 12;
+    const RATE: u64 = 2000;
+    const COUNT: u64 = 8000;
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&format!(
+        "{}[[users]]\nname = \"ops\"\ntoken = \"{OPS_TOKEN}\"\nactions = [\"*\"]\n\
+         [[users]]\nname = \"viewer\"\ntoken = \"{VIEWER}\"\n",
+        quiet_server(1, "pbx1", &pbx)
+    ));
+    let connect = |token: &'static str| {
+        let url = hub.ws_url(&format!("/ws?token={token}"));
+        async move {
+            let mut c = Client::connect(&url).await;
+            c.wait_for("Connected", |v| is_status(v, 1, "Connected"))
+                .await;
+            c
+        }
+    };
+    let mut plain = Vec::new();
+    for _ in 0..PLAIN {
+        plain.push(connect(OPS_TOKEN).await);
+    }
+    // A read-only user's sessions, each with 64 rules that never match and have no literal to
+    // skip by (about 1.5 µs per flood event each, so ~0.1 ms per event per session: the old
+    // registry did that for all of them before anyone got the event).
+    let filters = vec![r"(?-u)(\w*\s*)*Q"; 64];
+    let mut heavy = Vec::new();
+    for _ in 0..HEAVY {
+        let mut c = connect(VIEWER).await;
+        c.send_json(json!({"ProxyAction":"Subscribe","Filters":filters}))
+            .await;
+        let r = c
+            .wait_for("Subscribe reply", |v| {
+                v["type"] == 8 && v["data"]["ProxyAction"] == "Subscribe"
+            })
+            .await;
+        assert_eq!(r["data"]["Response"], "Success", "{r}");
+        heavy.push(c);
+    }
+    // The heavy sessions read what they get (nothing passes their rules) until they end.
+    let heavy: Vec<_> = heavy
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.closed(Duration::from_secs(60)).await }))
+        .collect();
+
+    let nominal = Duration::from_millis(COUNT * 1000 / RATE);
+    let within = nominal * 3 / 2 + Duration::from_millis(1500);
+    let readers: Vec<_> = plain
+        .into_iter()
+        .map(|c| tokio::spawn(read_flood(c, COUNT, within)))
+        .collect();
+    let started = Instant::now();
+    pbx.flood(FloodSpec {
+        rate_per_s: Some(RATE),
+        count: Some(COUNT),
+        event_bytes: 500,
+    });
+    // The PBX is never held back: it writes the whole flood at its own pace.
+    let paced = pbx.wait_for(within, |s| s.events_sent >= COUNT).await;
+    let took = started.elapsed();
+    let sent = pbx.stats().events_sent;
+    let mut plain = Vec::new();
+    for r in readers {
+        plain.push(r.await.expect("plain reader"));
+    }
+    let read = started.elapsed();
+    let auth = format!("Bearer {OPS_TOKEN}");
+    let cut = metric_at(
+        hub.addr,
+        "amihub_ws_slow_consumer_closes_total",
+        &[("Authorization", &auth)],
+    )
+    .await;
+    eprintln!(
+        "heavy filters: PBX wrote {sent} of {COUNT} in {took:?} (nominal {nominal:?}), plain \
+         sessions had all of it after {read:?}; {cut} heavy session(s) cut with 4008"
+    );
+    assert!(
+        paced,
+        "the PBX was back-pressured: {sent} of {COUNT} events written in {took:?} \
+         (nominal {nominal:?})"
+    );
+    assert!(
+        cut as usize <= HEAVY,
+        "{cut} sessions were cut: plain ones among them"
+    );
+    // Whoever was cut, it was a heavy one: every plain session is still open and current.
+    for c in plain.iter_mut() {
+        c.send_json(json!({"ProxyAction":"ListServers"})).await;
+        c.wait_for("ListServers reply", |v| {
+            v["type"] == 8 && v["data"]["ProxyAction"] == "ListServers"
+        })
+        .await;
+    }
+    drop(plain);
+    drop(hub);
+    for h in heavy {
+        let how = h.await.expect("heavy reader");
+        assert!(
+            matches!(
+                how,
+                Closed::Code(4008, _) | Closed::Code(1001, _) | Closed::NoCloseFrame
+            ),
+            "a heavy session ended with {how:?}"
+        );
+    }
 }

@@ -369,7 +369,7 @@ impl AmiSession {
         self.shared.registry.do_send(Join {
             session: self.id,
             user: user.identity.name.clone(),
-            out: ctx.address().recipient(),
+            out: Some(ctx.address().recipient()),
             close: ctx.address().recipient(),
             io: self.io.clone(),
             rights: user.identity.rights.clone(),
@@ -442,7 +442,7 @@ impl Handler<Deliver> for AmiSession {
         // The registry counted these bytes already; the writer counts them off.
         if let Some(out) = &self.out {
             let newline = self.output.newline();
-            let frames = self.output.convert(msg.frames);
+            let frames = self.output.convert(msg.take(&self.io));
             let _ = out.send(Out { frames, newline });
         }
     }

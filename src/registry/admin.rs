@@ -172,7 +172,7 @@ impl Handler<DropServer> for Registry {
         let status = ServerStatus::Disconnected.as_str();
         let frame = encode_status(&tag, status, "removed");
         let notice = crate::amisrv::render::status_event(status, "removed");
-        self.broadcast(ctx, msg.id, &[Outgoing::notice(frame, Some(notice))]);
+        self.broadcast(ctx, msg.id, vec![Outgoing::notice(frame, Some(notice))]);
         if let Some(entry) = self.servers.remove(&msg.id) {
             let addr = entry.addr;
             actix::spawn(async move {
@@ -228,7 +228,7 @@ impl Handler<ListSessions> for Registry {
                 user: s.user.clone(),
                 queued_bytes: s.io.queued(),
                 pending_actions: s.pending,
-                subscribed: s.subscription.is_some(),
+                subscribed: s.select.subscription.is_some(),
             })
             .collect();
         out.sort_by_key(|s| s.id);

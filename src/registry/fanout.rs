@@ -1,9 +1,20 @@
 //! The session table and fan-out: shares each rendered frame with every session allowed to see
 //! it, counts the bytes queued per session, and reports sessions past their bound. A batch is
 //! rendered at most once per [`Format`], and only in the formats some receiving session uses.
+//!
+//! The registry's own cost per session is the same whether the session filters or not: a
+//! session that takes everything gets the shared frames; one whose rights or subscription
+//! narrow events gets the whole shared batch (frames and packets, one `Arc` each) with its
+//! [`Selection`], is charged every byte of it, and selects itself ([`Deliver::take`] in the
+//! session actor), handing the bytes it drops back. A heavy filterer spends its own actor's
+//! time, never the registry's; and since the session actors of many users share the HTTP
+//! workers, each user's filtering time is bounded too ([`FilterBudget`]): a session whose
+//! selection finds its user's budget spent is closed with 4008, like any session that cannot
+//! keep up, before it can slow the sessions it shares a worker with.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use actix::Recipient;
 use bytestring::ByteString;
@@ -13,7 +24,7 @@ use crate::amisrv::render::{render_packet, IdRewrite};
 use crate::auth::Rights;
 use crate::metrics::{Metrics, SharedMetrics};
 
-use super::session::{CloseSession, Deliver, Format, SessionIo};
+use super::session::{CloseSession, Deliver, Format, SessionIo, SharedFrames};
 use super::subscription::Subscription;
 
 /// A frame on its way to sessions; `packet` (for events) lets per-session filters look inside.
@@ -61,49 +72,92 @@ impl Outgoing {
     }
 }
 
+/// One format's rendering of a batch: every frame (None = not for that format), and its bytes.
+type FormatFrames = (Arc<[Option<ByteString>]>, usize);
+
 /// A batch's renderings, each made on first use and then shared.
-struct Rendered<'a> {
-    batch: &'a [Outgoing],
-    server: &'a str,
-    /// Per format: every frame (None = not for that format), and the whole batch as one Arc.
-    frames: [Option<Vec<Option<ByteString>>>; Format::COUNT],
-    shared: [Option<(Arc<[ByteString]>, usize)>; Format::COUNT],
+struct Rendered {
+    batch: Arc<[Outgoing]>,
+    server: Arc<str>,
+    /// Per format: every frame, and the frames that exist as one Arc (for takers of all).
+    frames: [Option<FormatFrames>; Format::COUNT],
+    shared: [Option<Arc<SharedFrames>>; Format::COUNT],
 }
 
-impl<'a> Rendered<'a> {
-    fn frames(&mut self, format: Format) -> &[Option<ByteString>] {
-        let (batch, server) = (self.batch, self.server);
-        self.frames[format.index()].get_or_insert_with(|| match format {
-            Format::Json => batch.iter().map(|o| Some(o.frame.clone())).collect(),
-            Format::Ami => batch.iter().map(|o| o.render_ami(server)).collect(),
-        })
+impl Rendered {
+    fn frames(&mut self, format: Format) -> FormatFrames {
+        let (batch, server) = (&self.batch, &self.server);
+        self.frames[format.index()]
+            .get_or_insert_with(|| {
+                let frames: Arc<[Option<ByteString>]> = match format {
+                    Format::Json => batch.iter().map(|o| Some(o.frame.clone())).collect(),
+                    Format::Ami => batch.iter().map(|o| o.render_ami(server)).collect(),
+                };
+                let bytes = frames.iter().flatten().map(|f| f.len()).sum();
+                (frames, bytes)
+            })
+            .clone()
     }
 
-    fn shared(&mut self, format: Format) -> (Arc<[ByteString]>, usize) {
+    fn shared(&mut self, format: Format) -> Arc<SharedFrames> {
         if let Some(s) = &self.shared[format.index()] {
             return s.clone();
         }
-        let frames: Arc<[ByteString]> = self.frames(format).iter().flatten().cloned().collect();
-        let bytes = frames.iter().map(|f| f.len()).sum();
-        self.shared[format.index()] = Some((frames.clone(), bytes));
-        (frames, bytes)
+        let (frames, _) = self.frames(format);
+        let shared = Arc::new(SharedFrames::new(
+            frames.iter().flatten().cloned().collect(),
+        ));
+        self.shared[format.index()] = Some(shared.clone());
+        shared
     }
 }
 
-/// One joined session.
-pub struct SessionEntry {
-    pub user: String,
-    pub out: Recipient<Deliver>,
-    pub close: Recipient<CloseSession>,
-    pub io: Arc<SessionIo>,
-    pub rights: Arc<Rights>,
-    pub format: Format,
-    pub subscription: Option<Subscription>,
-    /// Outstanding actions of this session.
-    pub pending: usize,
+/// Selection time one user may spend per second over all its sessions; also the burst.
+pub const FILTER_BUDGET_PER_SECOND: Duration = Duration::from_millis(100);
+
+/// One user's selection time: a token bucket of CPU time shared by all its sessions.
+pub struct FilterBudget {
+    /// Seconds available, and when that was computed.
+    left: Mutex<(f64, Instant)>,
 }
 
-impl SessionEntry {
+impl FilterBudget {
+    fn new() -> FilterBudget {
+        FilterBudget {
+            left: Mutex::new((FILTER_BUDGET_PER_SECOND.as_secs_f64(), Instant::now())),
+        }
+    }
+
+    /// Time the user may spend selecting now.
+    fn available(&self) -> Duration {
+        let Ok(mut left) = self.left.lock() else {
+            return Duration::ZERO;
+        };
+        let rate = FILTER_BUDGET_PER_SECOND.as_secs_f64();
+        let now = Instant::now();
+        left.0 = (left.0 + now.duration_since(left.1).as_secs_f64() * rate).min(rate);
+        left.1 = now;
+        Duration::from_secs_f64(left.0.max(0.0))
+    }
+
+    fn spend(&self, spent: Duration) {
+        if let Ok(mut left) = self.left.lock() {
+            left.0 -= spent.as_secs_f64();
+        }
+    }
+}
+
+/// What one session may receive of a server's batch: its rights and its subscription, and
+/// its user's selection budget.
+#[derive(Clone)]
+pub struct Selection {
+    pub rights: Arc<Rights>,
+    pub subscription: Option<Arc<Subscription>>,
+    pub format: Format,
+    pub budget: Arc<FilterBudget>,
+}
+
+impl Selection {
     /// Whether this session receives everything from a server it may see.
     fn takes_all(&self) -> bool {
         self.rights.events.is_all() && self.subscription.as_ref().is_none_or(|s| s.events_all())
@@ -128,9 +182,97 @@ impl SessionEntry {
     }
 }
 
+/// A whole shared batch for a session that selects from it itself.
+pub struct Unfiltered {
+    batch: Arc<[Outgoing]>,
+    frames: Arc<[Option<ByteString>]>,
+    /// What the registry charged to the session's queue for it.
+    bytes: usize,
+    select: Selection,
+    metrics: SharedMetrics,
+}
+
+impl Unfiltered {
+    /// The frames the selection admits; the bytes of the rest are counted off `io`. A
+    /// selection that would pass its user's budget stops, and the session is closed (4008).
+    pub fn select(self, io: &SessionIo) -> Arc<[ByteString]> {
+        let budget = self.select.budget.available();
+        let started = Instant::now();
+        let mut frames = Vec::new();
+        let mut over = false;
+        for (frame, out) in self.frames.iter().zip(self.batch.iter()) {
+            if let Some(frame) = frame.as_ref().filter(|_| self.select.admits(out)) {
+                frames.push(frame.clone());
+            }
+            if started.elapsed() > budget {
+                over = true;
+                break;
+            }
+        }
+        self.select.budget.spend(started.elapsed());
+        if over {
+            self.refuse(io);
+            return Arc::from(Vec::new());
+        }
+        let kept: usize = frames.iter().map(|f| f.len()).sum();
+        io.sub_queued(self.bytes.saturating_sub(kept));
+        count_out(&self.metrics, self.select.format, frames.len(), kept);
+        frames.into()
+    }
+
+    /// Drops this batch unselected: the session was closed before it came to it.
+    pub fn drop_unselected(self, io: &SessionIo) {
+        io.sub_queued(self.bytes);
+    }
+
+    /// Closes the session whose user spent its selection budget.
+    fn refuse(self, io: &SessionIo) {
+        io.sub_queued(self.bytes);
+        if io.is_aborted() {
+            return;
+        }
+        Metrics::inc(match self.select.format {
+            Format::Json => &self.metrics.ws_slow_consumer_closes_total,
+            Format::Ami => &self.metrics.ami_slow_consumer_closes_total,
+        });
+        log::warn!(
+            "session: subscription filters over the user's budget ({} ms/s), closing with 4008",
+            FILTER_BUDGET_PER_SECOND.as_millis()
+        );
+        io.abort(4008, "slow consumer (subscription filters over budget)");
+    }
+}
+
+/// Counts frames handed to one session of `format`.
+fn count_out(metrics: &Metrics, format: Format, frames: usize, bytes: usize) {
+    let (messages, out) = match format {
+        Format::Json => (&metrics.ws_messages_out_total, &metrics.ws_bytes_out_total),
+        Format::Ami => (
+            &metrics.ami_messages_out_total,
+            &metrics.ami_bytes_out_total,
+        ),
+    };
+    Metrics::add(messages, frames as u64);
+    Metrics::add(out, bytes as u64);
+}
+
+/// One joined session.
+pub struct SessionEntry {
+    pub user: String,
+    /// The session actor, or None when its socket task takes batches from `io` itself.
+    pub out: Option<Recipient<Deliver>>,
+    pub close: Recipient<CloseSession>,
+    pub io: Arc<SessionIo>,
+    pub select: Selection,
+    /// Outstanding actions of this session.
+    pub pending: usize,
+}
+
 /// Every joined session, keyed by session id.
 pub struct Sessions {
     pub map: HashMap<u64, SessionEntry>,
+    /// Each user's selection budget, shared by its sessions while any is joined.
+    budgets: HashMap<String, Weak<FilterBudget>>,
     queue_limit: usize,
     metrics: SharedMetrics,
 }
@@ -139,6 +281,7 @@ impl Sessions {
     pub fn new(queue_limit: usize, metrics: SharedMetrics) -> Sessions {
         Sessions {
             map: HashMap::new(),
+            budgets: HashMap::new(),
             queue_limit,
             metrics,
         }
@@ -153,6 +296,17 @@ impl Sessions {
         all_behind.then(|| self.map.values().map(|s| s.io.clone()).collect())
     }
 
+    /// The selection budget of `user`, shared with its other sessions.
+    pub fn budget(&mut self, user: &str) -> Arc<FilterBudget> {
+        if let Some(b) = self.budgets.get(user).and_then(Weak::upgrade) {
+            return b;
+        }
+        self.budgets.retain(|_, b| b.strong_count() > 0);
+        let b = Arc::new(FilterBudget::new());
+        self.budgets.insert(user.to_string(), Arc::downgrade(&b));
+        b
+    }
+
     pub fn queue_limit(&self) -> usize {
         self.queue_limit
     }
@@ -163,60 +317,66 @@ impl Sessions {
             return true;
         };
         let bytes: usize = frames.iter().map(|f| f.len()).sum();
-        self.push(entry, frames, bytes)
+        let n = frames.len();
+        let ok = self.push(entry, Deliver::frames(frames), bytes);
+        if ok {
+            count_out(&self.metrics, entry.select.format, n, bytes);
+        }
+        ok
     }
 
-    fn push(&self, entry: &SessionEntry, frames: Arc<[ByteString]>, bytes: usize) -> bool {
+    /// Charges `bytes` to the session's queue and hands it `deliver`; false past its bound.
+    fn push(&self, entry: &SessionEntry, deliver: Deliver, bytes: usize) -> bool {
         if entry.io.queued() + bytes > self.queue_limit {
             return false;
         }
         entry.io.add_queued(bytes);
-        let (messages, out) = match entry.format {
-            Format::Json => (
-                &self.metrics.ws_messages_out_total,
-                &self.metrics.ws_bytes_out_total,
-            ),
-            Format::Ami => (
-                &self.metrics.ami_messages_out_total,
-                &self.metrics.ami_bytes_out_total,
-            ),
-        };
-        Metrics::add(messages, frames.len() as u64);
-        Metrics::add(out, bytes as u64);
-        entry.out.do_send(Deliver { frames });
+        match &entry.out {
+            Some(out) => out.do_send(deliver),
+            None => entry.io.push(deliver),
+        }
         true
     }
 
     /// Sends a server's frames to every session that may see them; returns the sessions that
-    /// fell behind. Sessions of one format that take everything share one `Arc` of the frames.
-    pub fn broadcast(&self, server: (u32, &str), batch: &[Outgoing]) -> Vec<u64> {
+    /// fell behind. Sessions of one format that take everything share one `Arc` of the frames;
+    /// the others share the whole batch and select from it themselves.
+    pub fn broadcast(&self, server: (u32, &str), batch: Vec<Outgoing>) -> Vec<u64> {
         if batch.is_empty() || self.map.is_empty() {
             return Vec::new();
         }
         let mut rendered = Rendered {
-            batch,
-            server: server.1,
+            batch: batch.into(),
+            server: server.1.into(),
             frames: Default::default(),
             shared: Default::default(),
         };
         let mut slow = Vec::new();
         for (id, entry) in &self.map {
-            if !entry.sees_server(server.0, server.1) {
+            if !entry.select.sees_server(server.0, server.1) {
                 continue;
             }
-            let ok = if entry.takes_all() {
-                let (frames, bytes) = rendered.shared(entry.format);
-                frames.is_empty() || self.push(entry, frames, bytes)
+            let ok = if entry.select.takes_all() {
+                let shared = rendered.shared(entry.select.format);
+                let (n, bytes) = (shared.frames().len(), shared.bytes());
+                let ok = n == 0 || self.push(entry, Deliver::shared(shared), bytes);
+                if ok {
+                    count_out(&self.metrics, entry.select.format, n, bytes);
+                }
+                ok
             } else {
-                let frames: Vec<ByteString> = rendered
-                    .frames(entry.format)
-                    .iter()
-                    .zip(batch)
-                    .filter(|(f, o)| f.is_some() && entry.admits(o))
-                    .filter_map(|(f, _)| f.clone())
-                    .collect();
-                let bytes = frames.iter().map(|f| f.len()).sum();
-                frames.is_empty() || self.push(entry, frames.into(), bytes)
+                let (frames, bytes) = rendered.frames(entry.select.format);
+                if bytes == 0 {
+                    continue;
+                }
+                let job = Unfiltered {
+                    batch: rendered.batch.clone(),
+                    frames,
+                    bytes,
+                    select: entry.select.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                self.push(entry, Deliver::select(job), bytes)
             };
             if !ok {
                 slow.push(*id);

@@ -32,7 +32,7 @@ pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
     ServerInfo, ServerQuality, ServerState, SessionInfo,
 };
-use fanout::{Outgoing, SessionEntry, Sessions};
+use fanout::{Outgoing, Selection, SessionEntry, Sessions};
 pub use pending::{ActionFailure, Collected};
 use pending::{Pending, PendingTable, ReplyTo, Token, ID_PREFIX};
 use session::{CloseSession, Deliver, Format, SessionIo};
@@ -80,7 +80,8 @@ pub struct PbxStatusChanged {
 pub struct Join {
     pub session: u64,
     pub user: String,
-    pub out: Recipient<Deliver>,
+    /// The session actor; None when the session's socket task takes batches from `io`.
+    pub out: Option<Recipient<Deliver>>,
     pub close: Recipient<CloseSession>,
     pub io: Arc<SessionIo>,
     pub rights: Arc<Rights>,
@@ -209,7 +210,7 @@ impl Registry {
     ) {
         let tag = server.and_then(|s| self.servers.get(&s)).map(|e| &e.tag);
         let fields = [("Response", "Error"), ("Message", message)];
-        let frame = match self.sessions.map.get(&session).map(|s| s.format) {
+        let frame = match self.sessions.map.get(&session).map(|s| s.select.format) {
             Some(Format::Ami) => render_reply(&fields, id, tag.map(|t| t.name.as_str())),
             _ => {
                 let mut fields = fields.to_vec();
@@ -220,7 +221,7 @@ impl Registry {
         self.reply(ctx, session, frame);
     }
 
-    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, batch: &[Outgoing]) {
+    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Outgoing>) {
         let Some(name) = self.servers.get(&server).map(|s| s.tag.name.clone()) else {
             return;
         };
@@ -235,7 +236,7 @@ impl Registry {
             return;
         };
         self.pending.map.retain(|_, p| p.session() != Some(session));
-        Metrics::inc(match entry.format {
+        Metrics::inc(match entry.select.format {
             Format::Json => &self.metrics.ws_slow_consumer_closes_total,
             Format::Ami => &self.metrics.ami_slow_consumer_closes_total,
         });
@@ -321,7 +322,7 @@ impl Registry {
                 if done {
                     self.finish(seq);
                 }
-                let frame = match self.sessions.map.get(&session).map(|s| s.format) {
+                let frame = match self.sessions.map.get(&session).map(|s| s.select.format) {
                     Some(Format::Ami) => {
                         let id = own.as_deref().map_or(IdRewrite::Remove, IdRewrite::Restore);
                         render_packet(&packet, Some(&tag.name), id)
@@ -477,7 +478,7 @@ impl Registry {
             if let Some(seq) = self.pending.lookup(msg.server_id, packet.action_id()) {
                 // Keep wire order for everyone: what came before this reply goes out first.
                 let before = std::mem::take(&mut batch);
-                self.broadcast(ctx, msg.server_id, &before);
+                self.broadcast(ctx, msg.server_id, before);
                 restored = self.pending.map.get(&seq).map(|p| p.shown_id(seq));
                 match self.route_reply(ctx, seq, packet, &tag) {
                     Some(p) => packet = p,
@@ -495,7 +496,7 @@ impl Registry {
             let frame = encode_packet(&tag, &packet, restored.as_deref());
             batch.push(Outgoing::packet(frame, packet, restored));
         }
-        self.broadcast(ctx, msg.server_id, &batch);
+        self.broadcast(ctx, msg.server_id, batch);
         if let Some(version) = msg.state_version {
             self.apply_status(
                 ctx,
@@ -539,7 +540,7 @@ impl Registry {
         if let Some(banner) = msg.banner {
             let frame = encode_prompt(&tag, &banner);
             server.banner = banner;
-            self.broadcast(ctx, msg.server_id, &[Outgoing::notice(frame, None)]);
+            self.broadcast(ctx, msg.server_id, vec![Outgoing::notice(frame, None)]);
             return;
         }
         if msg.status != ServerStatus::Connecting {
@@ -565,7 +566,11 @@ impl Registry {
             .collect();
         let frame = encode_status_with(&tag, msg.status.as_str(), &msg.reason, &extra);
         let notice = status_event(msg.status.as_str(), &msg.reason);
-        self.broadcast(ctx, msg.server_id, &[Outgoing::notice(frame, Some(notice))]);
+        self.broadcast(
+            ctx,
+            msg.server_id,
+            vec![Outgoing::notice(frame, Some(notice))],
+        );
         if was_connected && msg.status != ServerStatus::Connected {
             let text = format!("Server {} disconnected: {}", msg.server_id, msg.reason);
             self.fail_server(ctx, msg.server_id, &text);
@@ -593,6 +598,7 @@ impl Handler<Join> for Registry {
             })
             .map(|s| encode_status(&s.tag, s.status.as_str(), &s.reason))
             .collect();
+        let budget = self.sessions.budget(&msg.user);
         self.sessions.map.insert(
             msg.session,
             SessionEntry {
@@ -600,9 +606,12 @@ impl Handler<Join> for Registry {
                 out: msg.out,
                 close: msg.close,
                 io: msg.io,
-                rights: msg.rights,
-                format: msg.format,
-                subscription: msg.subscription,
+                select: Selection {
+                    rights: msg.rights,
+                    format: msg.format,
+                    subscription: msg.subscription.map(Arc::new),
+                    budget,
+                },
                 pending: 0,
             },
         );
@@ -628,7 +637,7 @@ impl Handler<Subscribe> for Registry {
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) {
         if let Some(s) = self.sessions.map.get_mut(&msg.session) {
-            s.subscription = Some(msg.subscription);
+            s.select.subscription = Some(Arc::new(msg.subscription));
         }
     }
 }
@@ -638,7 +647,7 @@ impl Handler<SetFormat> for Registry {
 
     fn handle(&mut self, msg: SetFormat, _ctx: &mut Context<Self>) {
         if let Some(s) = self.sessions.map.get_mut(&msg.session) {
-            s.format = msg.format;
+            s.select.format = msg.format;
         }
     }
 }
@@ -651,7 +660,7 @@ impl Handler<ClientRequest> for Registry {
             .sessions
             .map
             .get(&req.session)
-            .map(|s| s.rights.clone())
+            .map(|s| s.select.rights.clone())
         else {
             return;
         };

@@ -5,17 +5,21 @@
 //!
 //! This module knows no front end: the WebSocket and AMI modules import it, never the reverse.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 
 use crate::metrics::{Metrics, SharedMetrics};
+
+use super::fanout::Unfiltered;
 
 /// How a session wants packets rendered; each format is rendered at most once per broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,11 +39,90 @@ impl Format {
     }
 }
 
-/// Frames to write, shared with every other session that receives them.
+/// A batch of frames shared by every session that takes all of it, with its wire rendering
+/// (made by the first front end that writes it, then shared as well).
+pub struct SharedFrames {
+    frames: Arc<[ByteString]>,
+    bytes: usize,
+    wire: OnceLock<Bytes>,
+}
+
+impl SharedFrames {
+    pub fn new(frames: Arc<[ByteString]>) -> SharedFrames {
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        SharedFrames {
+            frames,
+            bytes,
+            wire: OnceLock::new(),
+        }
+    }
+
+    pub fn frames(&self) -> &Arc<[ByteString]> {
+        &self.frames
+    }
+
+    /// Bytes of all frames (what a session is charged for them).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Frames to write, shared with every other session that receives them; or a whole shared
+/// batch this session selects from itself ([`Deliver::take`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver {
-    pub frames: Arc<[ByteString]>,
+pub struct Deliver(Delivery);
+
+enum Delivery {
+    Frames(Arc<SharedFrames>),
+    Select(Box<Unfiltered>),
+}
+
+/// How a front end frames a batch for its socket.
+pub type Render = fn(&[ByteString]) -> Bytes;
+
+impl Deliver {
+    pub fn frames(frames: Arc<[ByteString]>) -> Deliver {
+        Deliver::shared(Arc::new(SharedFrames::new(frames)))
+    }
+
+    pub(super) fn shared(frames: Arc<SharedFrames>) -> Deliver {
+        Deliver(Delivery::Frames(frames))
+    }
+
+    pub(super) fn select(batch: Unfiltered) -> Deliver {
+        Deliver(Delivery::Select(Box::new(batch)))
+    }
+
+    /// The frames to write. A session that filters pays for it here, in its own task: the
+    /// selection runs now, and the bytes it drops are counted off `io`.
+    pub fn take(self, io: &SessionIo) -> Arc<[ByteString]> {
+        match self.0 {
+            Delivery::Frames(shared) => shared.frames.clone(),
+            // Closed already: what is left is dropped, not selected.
+            Delivery::Select(batch) if io.is_aborted() => {
+                batch.drop_unselected(io);
+                Arc::from(Vec::new())
+            }
+            Delivery::Select(batch) => batch.select(io),
+        }
+    }
+
+    /// The bytes to write, framed by `render` (once for every session sharing the batch), and
+    /// how many queued bytes they stand for.
+    pub fn wire(self, io: &SessionIo, render: Render) -> (Bytes, usize) {
+        match self.0 {
+            Delivery::Frames(shared) => (
+                shared.wire.get_or_init(|| render(&shared.frames)).clone(),
+                shared.bytes,
+            ),
+            select => {
+                let frames = Deliver(select).take(io);
+                let bytes = frames.iter().map(|f| f.len()).sum();
+                (render(&frames), bytes)
+            }
+        }
+    }
 }
 
 /// Close this session (WebSocket close code: 1001 at shutdown, 4001 when credentials changed).
@@ -91,6 +174,9 @@ impl TokenBucket {
 /// one client, and the order to drop them and close.
 pub struct SessionIo {
     queued: AtomicUsize,
+    /// Batches for a front end that writes them from its own socket task (the WebSocket),
+    /// oldest first; their bytes are in `queued`.
+    outq: Mutex<VecDeque<Deliver>>,
     aborted: AtomicBool,
     close: Mutex<Option<(u16, String)>>,
     waker: AtomicWaker,
@@ -99,6 +185,9 @@ pub struct SessionIo {
     /// Released when the last reference goes: the open-session count.
     _slot: Option<SessionSlot>,
 }
+
+/// Queue slots an idle session keeps.
+const IDLE_QUEUE_CAPACITY: usize = 8;
 
 /// Picks one front end's open-session gauge out of the metrics.
 pub type Gauge = fn(&Metrics) -> &AtomicU64;
@@ -127,6 +216,7 @@ impl SessionIo {
     pub fn new(socket: Option<(RawFd, SocketAddr)>, slot: Option<SessionSlot>) -> Arc<SessionIo> {
         Arc::new(SessionIo {
             queued: AtomicUsize::new(0),
+            outq: Mutex::new(VecDeque::new()),
             aborted: AtomicBool::new(false),
             close: Mutex::new(None),
             waker: AtomicWaker::new(),
@@ -149,6 +239,30 @@ impl SessionIo {
         let _ = self
             .queued
             .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(n)));
+    }
+
+    /// Queues a batch for the socket task and wakes it.
+    pub fn push(&self, deliver: Deliver) {
+        if let Ok(mut q) = self.outq.lock() {
+            q.push_back(deliver);
+        }
+        self.waker.wake();
+    }
+
+    /// The oldest queued batch; an emptied queue gives back memory a burst made it take.
+    pub fn pop(&self) -> Option<Deliver> {
+        let mut q = self.outq.lock().ok()?;
+        let next = q.pop_front();
+        if q.is_empty() && q.capacity() > IDLE_QUEUE_CAPACITY {
+            q.shrink_to(IDLE_QUEUE_CAPACITY);
+        }
+        next
+    }
+
+    /// Drops every queued batch (the session is closing).
+    pub fn clear(&self) {
+        let dropped = self.outq.lock().map(|mut q| std::mem::take(&mut *q));
+        drop(dropped);
     }
 
     pub fn is_aborted(&self) -> bool {

@@ -1,26 +1,43 @@
-//! The response-body wrapper that counts a WebSocket session's queued bytes down as the HTTP
-//! layer takes them for the socket (the accounting itself is the registry's [`SessionIo`]).
+//! The response-body wrapper that writes a WebSocket session's queued batches and counts its
+//! queued bytes down as they leave (the accounting itself is the registry's [`SessionIo`]).
 //!
-//! The registry adds bytes when it queues frames; [`OutboundStream`] subtracts them as encoded
-//! WebSocket bytes leave for the socket. When a session passes its bound the registry calls
-//! [`SessionIo::abort`]: the wrapper drops everything still queued, sends a 4008 close frame and
-//! ends. A client that never reads again has its socket shut down by [`SessionIo::kill`].
+//! The registry queues batches on the session's [`SessionIo`] and wakes this task; a batch
+//! every session takes whole is framed once (WebSocket header and JSON, [`frame_texts`]) and
+//! the same bytes go to every session; one that filters is selected and framed here, in its
+//! own task. The session actor's context stream carries only control frames (ping, pong,
+//! close), and drives the actor. When a session passes its bound the registry calls
+//! [`SessionIo::abort`]: the wrapper drops everything still queued, sends a 4008 close frame
+//! and ends. A client that never reads again has its socket shut down by [`SessionIo::kill`].
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use actix_http::ws::{CloseCode, CloseReason, Parser};
+use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 use futures_util::Stream;
 
 pub use crate::registry::session::SessionIo;
+
+/// Frames `texts` as unmasked WebSocket text frames, back to back in one buffer.
+pub fn frame_texts(texts: &[ByteString]) -> Bytes {
+    let size: usize = texts.iter().map(|t| t.len() + 10).sum();
+    let mut buf = BytesMut::with_capacity(size);
+    for t in texts {
+        Parser::write_message(&mut buf, t.as_bytes(), OpCode::Text, true, false);
+    }
+    buf.freeze()
+}
 
 /// Wraps the WebSocket context's byte stream (the HTTP response body).
 pub struct OutboundStream<S> {
     inner: Option<S>,
     io: Arc<SessionIo>,
     closed: bool,
+    /// The context's close frame, written after the batches queued before it.
+    held: Option<Bytes>,
+    inner_done: bool,
 }
 
 impl<S> OutboundStream<S> {
@@ -29,6 +46,8 @@ impl<S> OutboundStream<S> {
             inner: Some(inner),
             io,
             closed: false,
+            held: None,
+            inner_done: false,
         }
     }
 }
@@ -37,6 +56,11 @@ impl<S> Drop for OutboundStream<S> {
     fn drop(&mut self) {
         self.io.release_socket();
     }
+}
+
+/// Whether `frame` (one encoded server frame) is a close frame.
+fn is_close(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0x0f == 0x8)
 }
 
 impl<S, E> Stream for OutboundStream<S>
@@ -51,6 +75,7 @@ where
         if this.io.is_aborted() {
             // Dropping the context frees every queued frame and stops the session actor.
             this.inner = None;
+            this.io.clear();
             if this.closed {
                 return Poll::Ready(None);
             }
@@ -64,15 +89,34 @@ where
             Parser::write_close(&mut buf, Some(reason), false);
             return Poll::Ready(Some(Ok(buf.freeze())));
         }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                this.io.sub_queued(bytes.len());
-                Poll::Ready(Some(Ok(bytes)))
+        // The context first, so the actor runs (and pings are answered) however busy we are.
+        if this.held.is_none() && !this.inner_done {
+            if let Some(inner) = this.inner.as_mut() {
+                match Pin::new(inner).poll_next(cx) {
+                    Poll::Ready(Some(Ok(bytes))) if is_close(&bytes) => this.held = Some(bytes),
+                    Poll::Ready(Some(Ok(bytes))) => return Poll::Ready(Some(Ok(bytes))),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => this.inner_done = true,
+                    Poll::Pending => {}
+                }
             }
-            other => other,
         }
+        while let Some(batch) = this.io.pop().filter(|_| !this.closed) {
+            let (bytes, queued) = batch.wire(&this.io, frame_texts);
+            this.io.sub_queued(queued);
+            if !bytes.is_empty() {
+                return Poll::Ready(Some(Ok(bytes)));
+            }
+        }
+        if let Some(close) = this.held.take() {
+            // Nothing after a close frame; the context still runs until the actor stops.
+            this.closed = true;
+            this.io.clear();
+            return Poll::Ready(Some(Ok(close)));
+        }
+        if this.inner_done {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }

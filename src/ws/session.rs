@@ -1,6 +1,7 @@
-//! The WebSocket session actor: one per browser. It writes the frames the registry shares with
-//! it, answers keepalive, rate-limits and parses client messages, and hands actions to the
-//! registry. It owns no routing: the registry decides what it receives.
+//! The WebSocket session actor: one per browser. It answers keepalive, rate-limits and parses
+//! client messages, and hands actions to the registry. It owns no routing: the registry decides
+//! what it receives, and queues it on the session's [`SessionIo`], which the socket task
+//! ([`crate::ws::outbound`]) writes from; the actor's own replies join the same queue.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,9 +61,9 @@ impl WsSession {
     }
 
     /// Writes a reply of amihub's own, counted against this session's queue like any frame.
-    pub(super) fn reply(&self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+    pub(super) fn reply(&self, _ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
         self.io.add_queued(frame.len());
-        ctx.text(frame);
+        self.io.push(Deliver::frames(Arc::from(vec![frame])));
     }
 
     pub(super) fn error(
@@ -187,7 +188,7 @@ impl Actor for WsSession {
             session: self.id,
             user: self.identity.name.clone(),
             rights: self.identity.rights.clone(),
-            out: ctx.address().recipient(),
+            out: None,
             close: ctx.address().recipient(),
             io: self.io.clone(),
             format: Format::Json,
@@ -216,16 +217,6 @@ impl Actor for WsSession {
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
         self.registry.do_send(Leave { session: self.id });
         Running::Stop
-    }
-}
-
-impl Handler<Deliver> for WsSession {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        for frame in msg.frames.iter() {
-            ctx.text(frame.clone());
-        }
     }
 }
 
