@@ -487,7 +487,7 @@ impl Actor for AjamSession {
         self.shared.registry.do_send(Join {
             session: self.id,
             user: self.user.identity.name.clone(),
-            out: ctx.address().recipient(),
+            out: Some(ctx.address().recipient()),
             close: ctx.address().recipient(),
             io: self.io.clone(),
             rights: self.user.identity.rights.clone(),
@@ -551,9 +551,10 @@ impl Handler<Deliver> for AjamSession {
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
         // The registry counted these bytes; they leave its account as soon as they are here.
-        let bytes: usize = msg.frames.iter().map(|f| f.len()).sum();
+        let frames = msg.take(&self.io);
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
         self.io.sub_queued(bytes);
-        for frame in msg.frames.iter() {
+        for frame in frames.iter() {
             self.on_frame(frame);
         }
         if !self.queue.is_empty() {
