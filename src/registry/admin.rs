@@ -128,6 +128,7 @@ impl Handler<AddServer> for Registry {
             s.host,
             s.port
         );
+        let history = self.new_history();
         self.servers.insert(
             s.id,
             ServerEntry {
@@ -141,6 +142,7 @@ impl Handler<AddServer> for Registry {
                 connects: 0,
                 settled: false,
                 generation,
+                history,
             },
         );
         Ok(())
@@ -163,7 +165,7 @@ impl Handler<DropServer> for Registry {
         let status = ServerStatus::Disconnected.as_str();
         let frame = encode_status(&tag, status, "removed");
         let notice = crate::amisrv::render::status_event(status, "removed");
-        self.broadcast(ctx, msg.id, &[Outgoing::notice(frame, Some(notice))]);
+        self.broadcast(ctx, msg.id, vec![Outgoing::notice(frame, Some(notice))]);
         if let Some(entry) = self.servers.remove(&msg.id) {
             let addr = entry.addr;
             actix::spawn(async move {
