@@ -290,7 +290,7 @@ impl Default for HistorySettings {
         HistorySettings {
             max_frames: 10_000,
             max_age_s: 300,
-            max_bytes: 16 << 20,
+            max_bytes: 32 << 20,
         }
     }
 }

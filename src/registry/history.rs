@@ -234,7 +234,10 @@ mod tests {
             h.append(frame(n), now);
         }
         assert_eq!(h.usage().frames, 3);
-        assert_eq!(offsets(&h, 7), ["{\"n\":008}", "{\"n\":009}", "{\"n\":010}"]);
+        assert_eq!(
+            offsets(&h, 7),
+            ["{\"n\":008}", "{\"n\":009}", "{\"n\":010}"]
+        );
         assert_eq!(
             h.since(h.epoch(), 6).map(|v| v.len()),
             Err(Gap::TooOld {

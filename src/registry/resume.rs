@@ -34,10 +34,17 @@ pub struct Resume {
     pub join: Option<Join>,
 }
 
-/// Per JSON session and server, the newest offset it had not received live when it joined:
-/// a replay stops there, since everything after it reached the session already.
+/// Per JSON session and server, the newest offset when it joined: a replay stops there, since
+/// everything after it reached the session live. A mark belongs to one server entry (its
+/// generation): a server dropped and added again starts a new history the session got live.
 #[derive(Default)]
-pub(super) struct Marks(HashMap<u64, Vec<(u32, u64)>>);
+pub(super) struct Marks(HashMap<u64, Vec<Mark>>);
+
+struct Mark {
+    server: u32,
+    generation: u64,
+    offset: u64,
+}
 
 impl Marks {
     pub(super) fn joined<'a>(
@@ -45,7 +52,13 @@ impl Marks {
         session: u64,
         servers: impl Iterator<Item = (&'a u32, &'a ServerEntry)>,
     ) {
-        let marks = servers.map(|(id, s)| (*id, s.history.newest())).collect();
+        let marks = servers
+            .map(|(id, s)| Mark {
+                server: *id,
+                generation: s.generation,
+                offset: s.history.newest(),
+            })
+            .collect();
         self.0.insert(session, marks);
     }
 
@@ -55,19 +68,25 @@ impl Marks {
 
     /// Where live delivery of `server` began for `session` (a server added after it joined:
     /// from its first frame).
-    fn mark(&self, session: u64, server: u32) -> u64 {
+    fn mark(&self, session: u64, server: u32, generation: u64) -> u64 {
         self.0
             .get(&session)
-            .and_then(|m| m.iter().find(|(id, _)| *id == server))
-            .map_or(0, |(_, mark)| *mark)
+            .and_then(|m| m.iter().find(|m| m.server == server))
+            .filter(|m| m.generation == generation)
+            .map_or(0, |m| m.offset)
     }
 
     /// After a replay from `offset`, the session has everything after it.
-    fn lower(&mut self, session: u64, server: u32, offset: u64) {
+    fn lower(&mut self, session: u64, server: u32, generation: u64, offset: u64) {
         let marks = self.0.entry(session).or_default();
-        match marks.iter_mut().find(|(id, _)| *id == server) {
-            Some((_, mark)) => *mark = (*mark).min(offset),
-            None => marks.push((server, 0)),
+        marks.retain(|m| m.server != server || m.generation == generation);
+        match marks.iter_mut().find(|m| m.server == server) {
+            Some(m) => m.offset = m.offset.min(offset),
+            None => marks.push(Mark {
+                server,
+                generation,
+                offset: 0,
+            }),
         }
     }
 }
@@ -101,6 +120,7 @@ impl Handler<Resume> for Registry {
         let mut bytes = 0;
         let mut summary = Map::new();
         let mut unknown = Vec::new();
+        let mut replayed = Vec::new();
         for (id, asked) in &msg.since {
             let Some(server) = self
                 .servers
@@ -114,7 +134,8 @@ impl Handler<Resume> for Registry {
             let outcome = match server.history.since(&asked.epoch, asked.offset) {
                 Err(gap) => Outcome::Gap(gap.to_string()),
                 Ok(kept) => {
-                    let missed = self.marks.mark(session, *id).saturating_sub(asked.offset);
+                    let mark = self.marks.mark(session, *id, server.generation);
+                    let missed = mark.saturating_sub(asked.offset);
                     let seen = entry.sees_server(*id, &server.tag.name);
                     let mine: Vec<ByteString> = kept
                         .into_iter()
@@ -140,6 +161,7 @@ impl Handler<Resume> for Registry {
             };
             let detail = match outcome {
                 Outcome::Replayed(n) => {
+                    replayed.push((*id, server.generation, asked.offset));
                     Metrics::add(&self.metrics.resume_frames_total, n as u64);
                     json!({"Replayed": n, "epoch": server.history.epoch(),
                            "offset": server.history.newest()})
@@ -154,10 +176,8 @@ impl Handler<Resume> for Registry {
             };
             summary.insert(id.to_string(), detail);
         }
-        for (id, asked) in &msg.since {
-            if !unknown.contains(id) {
-                self.marks.lower(session, *id, asked.offset);
-            }
+        for (id, generation, offset) in replayed {
+            self.marks.lower(session, id, generation, offset);
         }
         let mut data = Map::new();
         data.insert("Response".into(), json!("Success"));

@@ -1,6 +1,8 @@
 //! The JSON envelope (SPEC §4): the only module that knows how packets look to browsers and how
 //! client JSON becomes an AMI action. Pure functions, no actors.
 
+use std::fmt::Write;
+
 use bytestring::ByteString;
 use serde_json::{Map, Value};
 
@@ -172,9 +174,7 @@ pub fn with_position(frame: &str, epoch: &str, offset: u64) -> ByteString {
     out.push_str(body);
     out.push_str(",\"epoch\":");
     push_json_str(&mut out, epoch);
-    out.push_str(",\"offset\":");
-    out.push_str(&offset.to_string());
-    out.push('}');
+    let _ = write!(out, ",\"offset\":{offset}}}");
     ByteString::from(out)
 }
 
