@@ -234,7 +234,12 @@ function applyServerStatus(envelope) {
   }
   if (status) setStatus(server, status, reason);
   server.liveAt = performance.now();
-  if (status === 'Connected' && reason === 'state ready') requestSnapshot(server);
+  if (status === 'Connected' && reason === 'state ready') {
+    // While resuming, only a `state ready` in the replay (a new position, not the join's repeat
+    // of the newest one) means the PBX state was rebuilt meanwhile.
+    if (server.resuming) server.snapAfterResume ||= !envelope.repeat;
+    else requestSnapshot(server);
+  }
   if (selectedId === null) selectServer(firstServerId(), false);
   renderServers();
 }
@@ -375,11 +380,8 @@ const pendingSnapshots = [];
 
 function requestSnapshot(server) {
   if (connState.state !== 'live') return;
-  if (server.resuming) {
-    // The replay comes first; a snapshot it still calls for is asked for once it is done.
-    server.snapAfterResume = true;
-    return;
-  }
+  // The replay brings the state up to date; a `state ready` in it asks once it is done.
+  if (server.resuming) return;
   if (server.snap.inFlight) {
     server.snap.again = true;
     return;
@@ -808,15 +810,18 @@ const RESUME_REPLY_TIMEOUT_MS = 5000;
 
 function resumeDone(server, resumed) {
   server.resuming = false;
-  if (resumed) {
-    server.stale = false;
-    server.staleWhy = '';
-    renderServer(server);
-    scheduleRender(server);
-  }
   const again = server.snapAfterResume || !resumed;
   server.snapAfterResume = false;
-  if (again) requestSnapshot(server);
+  // A server that went down meanwhile stays stale (the replay said so) until it is ready again.
+  if (server.status !== 'Connected') return;
+  if (again) {
+    requestSnapshot(server);
+    return;
+  }
+  server.stale = false;
+  server.staleWhy = '';
+  if (server.row) renderServer(server);
+  scheduleRender(server);
 }
 
 /** amihub's answer to the page's `?resume=`: a `Servers` entry per server, replayed or a gap. */
@@ -857,7 +862,11 @@ function noteReconnect() {
 
 function onEnvelope(envelope) {
   const at = framePosition(envelope);
-  if (at) positions.set(envelope.serverId, at);
+  if (at) {
+    const prev = positions.get(envelope.serverId);
+    envelope.repeat = Boolean(prev && prev.epoch === at.epoch && at.offset <= prev.offset);
+    positions.set(envelope.serverId, at);
+  }
   if (envelope.type === MessageType.SERVER_STATUS && firstValue(envelope.data.Reason) === 'resume gap') {
     // Not a status change: the missed frames are gone, so this server needs a snapshot.
     const server = servers.get(envelope.serverId);

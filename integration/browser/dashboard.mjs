@@ -322,10 +322,14 @@ async function scenarioResume(context) {
       return;
     }
     const server = ws.connectToServer();
-    const conn = { url: ws.url(), sent: [], ws, server };
+    const conn = { url: ws.url(), sent: [], got: [], ws, server };
     ws.onMessage((m) => {
       conn.sent.push(String(m));
       server.send(m);
+    });
+    server.onMessage((m) => {
+      if (conn.got.length < 40) conn.got.push(String(m).slice(0, 300));
+      ws.send(m);
     });
     conns.push(conn);
   });
@@ -361,7 +365,9 @@ async function scenarioResume(context) {
   const resumed = conns.slice(connsBefore);
   const last = resumed[resumed.length - 1];
   if (!last || !/[?&]resume=1%3A/.test(last.url)) throw new Error(`the reconnect did not resume: ${last && last.url}`);
-  if (last.sent.some((m) => m.includes('"Snapshot"'))) throw new Error(`the resumed page asked for a snapshot: ${last.sent.join(' ')}`);
+  if (last.sent.some((m) => m.includes('"Snapshot"'))) {
+    throw new Error(`the resumed page asked for a snapshot: ${last.sent.join(' ')}; it got: ${last.got.join('\n')}`);
+  }
 
   const fresh = await context.newPage();
   await fresh.goto(dashboardUrl(1), { waitUntil: 'load', timeout: 15000 });

@@ -635,18 +635,24 @@ impl Handler<Join> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
-        self.join(ctx, msg);
+        let session = msg.session;
+        let statuses = self.join(msg);
+        if !statuses.is_empty() && !self.sessions.send(session, statuses.into()) {
+            self.cut_loose(ctx, session);
+        }
     }
 }
 
 impl Registry {
-    fn join(&mut self, ctx: &mut Context<Self>, msg: Join) {
+    /// Adds a session; returns the current statuses it is to get (JSON sessions), each with the
+    /// server's newest history position: where this session's live traffic begins.
+    fn join(&mut self, msg: Join) -> Vec<ByteString> {
         if self.shutting_down {
             msg.close.do_send(CloseSession {
                 code: 1001,
                 reason: "amihub shutting down".into(),
             });
-            return;
+            return Vec::new();
         }
         // AMI clients expect nothing unsolicited at login; they hear of later status changes.
         let statuses: Vec<ByteString> = self
@@ -655,7 +661,10 @@ impl Registry {
             .filter(|s| {
                 msg.format == Format::Json && msg.rights.may_see_server(s.tag.id, &s.tag.name)
             })
-            .map(|s| encode_status(&s.tag, s.status.as_str(), &s.reason))
+            .map(|s| {
+                let frame = encode_status(&s.tag, s.status.as_str(), &s.reason);
+                with_position(&frame, s.history.epoch(), s.history.newest())
+            })
             .collect();
         if msg.format == Format::Json {
             self.marks.joined(msg.session, self.servers.iter());
@@ -673,9 +682,7 @@ impl Registry {
                 pending: 0,
             },
         );
-        if !statuses.is_empty() && !self.sessions.send(msg.session, statuses.into()) {
-            self.cut_loose(ctx, msg.session);
-        }
+        statuses
     }
 }
 

@@ -101,9 +101,8 @@ impl Handler<Resume> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
-        if let Some(join) = msg.join {
-            self.join(ctx, join);
-        }
+        // The statuses of a joining session follow its replay: positions only ever grow.
+        let statuses = msg.join.map(|join| self.join(join)).unwrap_or_default();
         let session = msg.session;
         let Some(entry) = self.sessions.map.get(&session) else {
             return;
@@ -112,10 +111,11 @@ impl Handler<Resume> for Registry {
             return;
         }
         Metrics::inc(&self.metrics.resume_requests_total);
+        let joining: usize = statuses.iter().map(|f| f.len()).sum();
         let room = self
             .sessions
             .queue_limit()
-            .saturating_sub(entry.io.queued());
+            .saturating_sub(entry.io.queued() + joining);
         let mut frames: Vec<ByteString> = Vec::new();
         let mut bytes = 0;
         let mut summary = Map::new();
@@ -179,6 +179,7 @@ impl Handler<Resume> for Registry {
         for (id, generation, offset) in replayed {
             self.marks.lower(session, id, generation, offset);
         }
+        frames.extend(statuses);
         let mut data = Map::new();
         data.insert("Response".into(), json!("Success"));
         data.insert("ProxyAction".into(), json!("Resume"));
