@@ -43,6 +43,11 @@ pub struct Metrics {
     pub ajam_events_dropped_total: AtomicU64,
     pub actions_refused_total: AtomicU64,
     pub auth_failures_total: AtomicU64,
+    pub history_frames: AtomicU64,
+    pub history_bytes: AtomicU64,
+    pub resume_requests_total: AtomicU64,
+    pub resume_frames_total: AtomicU64,
+    pub resume_gaps_total: AtomicU64,
     /// Round trip of routed actions, from writing upstream to the final reply.
     pub action_duration: Histogram,
     /// Estimated MOS of every RTCP report (both directions, every PBX).
@@ -362,6 +367,36 @@ impl Metrics {
                 "counter",
                 &self.auth_failures_total,
                 "Requests refused for missing or wrong credentials.",
+            ),
+            (
+                "history_frames",
+                "gauge",
+                &self.history_frames,
+                "Broadcast frames kept for resume, all servers.",
+            ),
+            (
+                "history_bytes",
+                "gauge",
+                &self.history_bytes,
+                "Bytes of history kept for resume (frames and parsed packets), all servers.",
+            ),
+            (
+                "resume_requests_total",
+                "counter",
+                &self.resume_requests_total,
+                "Resume requests (ProxyAction Resume and ?resume=).",
+            ),
+            (
+                "resume_frames_total",
+                "counter",
+                &self.resume_frames_total,
+                "Frames replayed to resuming sessions.",
+            ),
+            (
+                "resume_gaps_total",
+                "counter",
+                &self.resume_gaps_total,
+                "Servers answered with resume gap (window passed, epoch changed, too big).",
             ),
         ];
         let mut out = String::with_capacity(4096);

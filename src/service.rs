@@ -56,6 +56,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         pbx_arbiter.handle(),
         metrics.clone(),
     )
+    .with_history(settings.history.clone())
     .start();
     for server in settings.servers.iter().filter(|s| s.enabled) {
         registry.do_send(AddServer {

@@ -137,6 +137,7 @@ impl Handler<AddServer> for Registry {
             s.host,
             s.port
         );
+        let history = self.new_history();
         self.servers.insert(
             s.id,
             ServerEntry {
@@ -150,6 +151,7 @@ impl Handler<AddServer> for Registry {
                 connects: 0,
                 settled: false,
                 generation,
+                history,
             },
         );
         Ok(())

@@ -163,7 +163,7 @@ impl Selection {
         self.rights.events.is_all() && self.subscription.as_ref().is_none_or(|s| s.events_all())
     }
 
-    fn admits(&self, out: &Outgoing) -> bool {
+    pub(super) fn admits(&self, out: &Outgoing) -> bool {
         let Some(p) = &out.packet else {
             // amihub's notices: AMI sessions with events off take no events at all.
             return !(self.format == Format::Ami
@@ -173,12 +173,49 @@ impl Selection {
         self.rights.may_see_event(event) && self.subscription.as_ref().is_none_or(|s| s.admits(p))
     }
 
-    fn sees_server(&self, id: u32, name: &str) -> bool {
+    pub(super) fn sees_server(&self, id: u32, name: &str) -> bool {
         self.rights.may_see_server(id, name)
             && self
                 .subscription
                 .as_ref()
                 .is_none_or(|s| s.sees_server(id, name))
+    }
+}
+
+/// One frame of a shared broadcast batch. The history keeps these, so the frames it replays
+/// are the very bytes and packets the live fan-out used (no copy, no second rendering).
+#[derive(Clone)]
+pub struct InBatch {
+    batch: Arc<[Outgoing]>,
+    index: usize,
+}
+
+impl InBatch {
+    /// Every frame of a batch, in order.
+    pub fn all(batch: &Arc<[Outgoing]>) -> impl Iterator<Item = InBatch> + '_ {
+        (0..batch.len()).map(|index| InBatch {
+            batch: batch.clone(),
+            index,
+        })
+    }
+}
+
+impl std::ops::Deref for InBatch {
+    type Target = Outgoing;
+
+    fn deref(&self) -> &Outgoing {
+        // In range by construction: `all` makes indexes below the batch's length only.
+        &self.batch[self.index]
+    }
+}
+
+impl From<Outgoing> for InBatch {
+    /// A frame of its own (tests, benches).
+    fn from(o: Outgoing) -> InBatch {
+        InBatch {
+            batch: Arc::from(vec![o]),
+            index: 0,
+        }
     }
 }
 
@@ -341,12 +378,12 @@ impl Sessions {
     /// Sends a server's frames to every session that may see them; returns the sessions that
     /// fell behind. Sessions of one format that take everything share one `Arc` of the frames;
     /// the others share the whole batch and select from it themselves.
-    pub fn broadcast(&self, server: (u32, &str), batch: Vec<Outgoing>) -> Vec<u64> {
+    pub fn broadcast(&self, server: (u32, &str), batch: Arc<[Outgoing]>) -> Vec<u64> {
         if batch.is_empty() || self.map.is_empty() {
             return Vec::new();
         }
         let mut rendered = Rendered {
-            batch: batch.into(),
+            batch,
             server: server.1.into(),
             frames: Default::default(),
             shared: Default::default(),
