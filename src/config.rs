@@ -35,6 +35,8 @@ pub struct Settings {
     #[serde(default)]
     pub ami_listener: AmiListenerSettings,
     #[serde(default)]
+    pub cluster: crate::cluster::ClusterSettings,
+    #[serde(default)]
     pub servers: Vec<ServerSettings>,
     #[serde(default)]
     pub users: Vec<UserSettings>,
@@ -559,6 +561,7 @@ impl Settings {
                     .into(),
             );
         }
+        problems.extend(self.cluster.problems());
         if problems.is_empty() {
             Ok(())
         } else {

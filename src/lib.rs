@@ -25,6 +25,7 @@ pub mod ajam;
 pub mod ami;
 pub mod amisrv;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub ami_refused_sessions_total: AtomicU64,
     pub actions_refused_total: AtomicU64,
     pub auth_failures_total: AtomicU64,
+    pub cluster_redis_up: AtomicU64,
+    pub cluster_owned_servers: AtomicU64,
+    pub cluster_acquisitions_total: AtomicU64,
+    pub cluster_fenced_total: AtomicU64,
     /// Round trip of routed actions, from writing upstream to the final reply.
     pub action_duration: Histogram,
 }
@@ -98,6 +102,30 @@ impl Metrics {
                 "counter",
                 &self.pbx_connects_total,
                 "Successful AMI logins.",
+            ),
+            (
+                "cluster_redis_up",
+                "gauge",
+                &self.cluster_redis_up,
+                "1 while this cluster node reaches Redis (0 in single-node mode).",
+            ),
+            (
+                "cluster_owned_servers",
+                "gauge",
+                &self.cluster_owned_servers,
+                "PBXs whose lease this cluster node holds.",
+            ),
+            (
+                "cluster_acquisitions_total",
+                "counter",
+                &self.cluster_acquisitions_total,
+                "PBX leases this node took (starts and takeovers).",
+            ),
+            (
+                "cluster_fenced_total",
+                "counter",
+                &self.cluster_fenced_total,
+                "Leases lost while owning: publishing refused, connection closed.",
             ),
             (
                 "pbx_disconnects_total",

@@ -28,6 +28,8 @@ pub enum ServiceError {
     Auth(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::StoreError),
 }
 
 fn announce_auth(settings: &Settings, auth: &Authenticator) {
@@ -49,6 +51,14 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     let auth = Authenticator::new(&settings).map_err(ServiceError::Auth)?;
     announce_auth(&settings, &auth);
     let pbx_arbiter = Arbiter::new();
+    let cluster = crate::cluster::Cluster::start(
+        &settings.cluster,
+        crate::cluster::DEFAULT_MAX_FRAMES,
+        settings.ami.limits(),
+        settings.reconnect.clone(),
+        pbx_arbiter.handle(),
+        metrics.clone(),
+    )?;
     let registry = Registry::new(
         settings.limits.clone(),
         settings.ami.limits(),
@@ -56,6 +66,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         pbx_arbiter.handle(),
         metrics.clone(),
     )
+    .with_cluster(cluster.clone())
     .start();
     for server in settings.servers.iter().filter(|s| s.enabled) {
         registry.do_send(AddServer {
@@ -85,6 +96,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         ),
         passwords: crate::auth::hasher::PasswordPool::for_this_host(),
         failures: Arc::default(),
+        cluster: cluster.clone(),
     };
     let ami_arbiter = start_ami_listener(&settings, &state)?;
     let server = serve(state.clone(), listener)?;
@@ -110,6 +122,9 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         // Stop accepting first, so no session joins after the 1001 round.
         handle.pause().await;
         let _ = tokio::time::timeout(Duration::from_secs(4), registry.send(Shutdown)).await;
+        if let Some(c) = &cluster {
+            c.leave(Duration::from_secs(3)).await;
+        }
         handle.stop(true).await;
     });
     server.await?;

@@ -43,6 +43,8 @@ pub struct AppState {
     pub passwords: Arc<PasswordPool>,
     /// Failed logins per client address.
     pub failures: Arc<FailureLimiter>,
+    /// Cluster mode (SPEC §11); None on a single node.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/api/v1/servers/{id}/state",
                 web::get().to(api::server_state),
             )
+            .route("/api/v1/cluster", web::get().to(api::cluster))
             .route("/livez", get_or_head().to(api::livez))
             .route("/readyz", get_or_head().to(api::readyz))
             .route("/metrics", get_or_head().to(api::metrics))

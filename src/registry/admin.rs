@@ -118,9 +118,20 @@ impl Handler<AddServer> for Registry {
         let (registry, metrics, settings) = (ctx.address(), self.metrics.clone(), s.clone());
         self.next_generation += 1;
         let generation = self.next_generation;
-        let addr = Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
-            PbxConn::new(settings, generation, limits, reconnect, registry, metrics)
-        });
+        let addr = match &self.cluster {
+            Some(cluster) => cluster.mirror(settings, generation, registry, &self.pbx_arbiter),
+            None => Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
+                PbxConn::new(
+                    settings,
+                    generation,
+                    limits,
+                    reconnect,
+                    registry.into(),
+                    metrics,
+                )
+            })
+            .into(),
+        };
         log::info!(
             "server {} ({}): added ({}:{})",
             s.id,
@@ -167,7 +178,7 @@ impl Handler<DropServer> for Registry {
         if let Some(entry) = self.servers.remove(&msg.id) {
             let addr = entry.addr;
             actix::spawn(async move {
-                let _ = addr.send(PbxShutdown).await;
+                let _ = addr.shutdown.send(PbxShutdown).await;
             });
         }
         Ok(())
@@ -264,7 +275,7 @@ impl Handler<ServerState> for Registry {
             });
         }
         let status = server.status.as_str();
-        let addr = server.addr.clone();
+        let addr = server.addr.state.clone();
         Box::pin(async move {
             let mut v = addr
                 .send(crate::pbx::GetState)

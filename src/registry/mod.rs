@@ -24,7 +24,7 @@ use crate::amisrv::render::{render_packet, render_reply, status_event, IdRewrite
 use crate::auth::Rights;
 use crate::config::{LimitSettings, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::pbx::{PbxConn, SendAction, ServerStatus, Shutdown as PbxShutdown};
+use crate::pbx::{PbxHandle, SendAction, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{
     encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, ServerTag,
 };
@@ -143,7 +143,7 @@ pub struct Shutdown;
 struct ServerEntry {
     settings: Arc<ServerSettings>,
     tag: ServerTag,
-    addr: Addr<PbxConn>,
+    addr: PbxHandle,
     status: ServerStatus,
     reason: String,
     banner: String,
@@ -168,6 +168,8 @@ pub struct Registry {
     /// After Shutdown, late joiners are closed with 1001 at once.
     shutting_down: bool,
     next_generation: u64,
+    /// Cluster mode: servers are mirrored from the shared store instead of connected here.
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Registry {
@@ -190,7 +192,14 @@ impl Registry {
             pending: PendingTable::default(),
             shutting_down: false,
             next_generation: 0,
+            cluster: None,
         }
+    }
+
+    /// Cluster mode: each server's actor is a mirror of the shared stream (SPEC §11).
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::Cluster>) -> Registry {
+        self.cluster = cluster;
+        self
     }
 
     fn reply(&mut self, ctx: &mut Context<Self>, session: u64, frame: ByteString) {
@@ -395,7 +404,7 @@ impl Registry {
         if server.status != ServerStatus::Connected {
             return Err(ActionFailure::NotConnected(server_id));
         }
-        let addr = server.addr.clone();
+        let addr = server.addr.send.clone();
         if let Some(s) = pending
             .session()
             .and_then(|s| self.sessions.map.get_mut(&s))
@@ -791,7 +800,7 @@ impl Handler<Shutdown> for Registry {
         let logoffs: Vec<_> = self
             .servers
             .values()
-            .map(|s| s.addr.send(PbxShutdown))
+            .map(|s| s.addr.shutdown.send(PbxShutdown))
             .collect();
         Box::pin(async move {
             futures_util::future::join_all(logoffs).await;
