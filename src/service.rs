@@ -121,10 +121,12 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         log::info!("shutdown requested: closing sessions and logging off PBXs");
         // Stop accepting first, so no session joins after the 1001 round.
         handle.pause().await;
-        let _ = tokio::time::timeout(Duration::from_secs(4), registry.send(Shutdown)).await;
+        // Cluster: leave first (out of the live set, PBXs logged off, leases released), so the
+        // other nodes take this node's PBXs at their next lease tick.
         if let Some(c) = &cluster {
             c.leave(Duration::from_secs(3)).await;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(4), registry.send(Shutdown)).await;
         handle.stop(true).await;
     });
     server.await?;

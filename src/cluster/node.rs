@@ -518,6 +518,8 @@ impl Handler<Leave> for Node {
         self.sync_view();
         let (store, me) = (self.store.clone(), self.me.clone());
         Box::pin(async move {
+            // Out of the live set first, so the others take what is released at their next tick.
+            let _ = store.leave(&me).await;
             let stops = owned.into_iter().map(|(server, o)| {
                 let (store, me) = (store.clone(), me.clone());
                 async move {
@@ -528,6 +530,7 @@ impl Handler<Leave> for Node {
                 }
             });
             futures_util::future::join_all(stops).await;
+            // Again, in case a heartbeat already under way landed after the first.
             let _ = store.leave(&me).await;
             log::info!("cluster: node {me} left, its leases released");
         })
