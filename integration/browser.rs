@@ -5,8 +5,9 @@
 //!   traffic, so every change is one the test made), with a token user. Scenarios: a call appears
 //!   and disappears; a queue caller arrives and leaves; the PBX goes down (Disconnected, state
 //!   marked stale) and comes back (Connected, state refreshed); amihub itself restarts (the page
-//!   reconnects by itself and reloads the state); a page with a wrong token is refused and says
-//!   so.
+//!   reconnects by itself and reloads the state); the page's own socket is cut for three seconds
+//!   while calls start and end (it resumes without a snapshot, and its calls table equals a
+//!   freshly loaded page's); a page with a wrong token is refused and says so.
 //! - `dashboard_over_tls_with_token`: the same page over HTTPS (self-signed certificate) with a
 //!   token: the WebSocket must be wss:// with `?token=`, the fetches Bearer.
 //! - `a_foreign_page_cannot_post_actions_with_the_users_credentials` (CSRF) and
@@ -306,7 +307,7 @@ async fn dashboard_follows_simulated_pbx() {
             ("AMIHUB_TOKEN", token),
             (
                 "SCENARIOS",
-                "bad-token,calls,queue,hub-restart,outage".to_string(),
+                "bad-token,calls,queue,resume,hub-restart,outage".to_string(),
             ),
         ],
         &mut rig,

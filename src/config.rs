@@ -37,6 +37,8 @@ pub struct Settings {
     #[serde(default)]
     pub cluster: crate::cluster::ClusterSettings,
     #[serde(default)]
+    pub history: HistorySettings,
+    #[serde(default)]
     pub servers: Vec<ServerSettings>,
     #[serde(default)]
     pub users: Vec<UserSettings>,
@@ -268,6 +270,29 @@ impl Default for LimitSettings {
             action_timeout_s: 10,
             max_pending_actions_per_session: 256,
             max_http_actions_per_user: 32,
+        }
+    }
+}
+
+/// The bounded window of broadcast frames kept per server for resume (SPEC §10). A frame
+/// leaves when any bound is passed; read once at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Frames kept per server.
+    pub max_frames: usize,
+    /// Seconds a frame is kept.
+    pub max_age_s: u64,
+    /// Bytes kept per server (rendered frame plus parsed packet).
+    pub max_bytes: usize,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            max_frames: 10_000,
+            max_age_s: 300,
+            max_bytes: 32 << 20,
         }
     }
 }
@@ -553,6 +578,11 @@ impl Settings {
                 "limits.ws_idle_timeout_s: must be greater than limits.ws_ping_interval_s > 0"
                     .into(),
             );
+        }
+        let h = &self.history;
+        if h.max_frames == 0 || h.max_age_s == 0 || h.max_bytes < 4096 {
+            problems
+                .push("history: need max_frames >= 1, max_age_s >= 1, max_bytes >= 4096".into());
         }
         let a = &self.ami;
         if a.max_line_bytes < 1024 || a.max_packet_bytes < a.max_line_bytes || a.max_headers < 16 {

@@ -39,6 +39,11 @@ pub struct Metrics {
     pub cluster_owned_servers: AtomicU64,
     pub cluster_acquisitions_total: AtomicU64,
     pub cluster_fenced_total: AtomicU64,
+    pub history_frames: AtomicU64,
+    pub history_bytes: AtomicU64,
+    pub resume_requests_total: AtomicU64,
+    pub resume_frames_total: AtomicU64,
+    pub resume_gaps_total: AtomicU64,
     /// Round trip of routed actions, from writing upstream to the final reply.
     pub action_duration: Histogram,
 }
@@ -288,6 +293,36 @@ impl Metrics {
                 "counter",
                 &self.auth_failures_total,
                 "Requests refused for missing or wrong credentials.",
+            ),
+            (
+                "history_frames",
+                "gauge",
+                &self.history_frames,
+                "Broadcast frames kept for resume, all servers.",
+            ),
+            (
+                "history_bytes",
+                "gauge",
+                &self.history_bytes,
+                "Bytes of history kept for resume (frames and parsed packets), all servers.",
+            ),
+            (
+                "resume_requests_total",
+                "counter",
+                &self.resume_requests_total,
+                "Resume requests (ProxyAction Resume and ?resume=).",
+            ),
+            (
+                "resume_frames_total",
+                "counter",
+                &self.resume_frames_total,
+                "Frames replayed to resuming sessions.",
+            ),
+            (
+                "resume_gaps_total",
+                "counter",
+                &self.resume_gaps_total,
+                "Servers answered with resume gap (window passed, epoch changed, too big).",
             ),
         ];
         let mut out = String::with_capacity(4096);

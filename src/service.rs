@@ -53,7 +53,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     let pbx_arbiter = Arbiter::new();
     let cluster = crate::cluster::Cluster::start(
         &settings.cluster,
-        crate::cluster::DEFAULT_MAX_FRAMES,
+        settings.history.max_frames,
         settings.ami.limits(),
         settings.reconnect.clone(),
         pbx_arbiter.handle(),
@@ -67,6 +67,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         metrics.clone(),
     )
     .with_cluster(cluster.clone())
+    .with_history(settings.history.clone())
     .start();
     for server in settings.servers.iter().filter(|s| s.enabled) {
         registry.do_send(AddServer {

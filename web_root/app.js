@@ -5,15 +5,17 @@
 // State: per server, `ProxyAction: Snapshot` over the WebSocket loads the state (in the same
 // stream as the events, so nothing between the snapshot and the next event is lost), and every
 // live event is then applied to the client copy (state.js). A snapshot is asked for when the
-// page connects, when amihub says `state ready` after a (re)login, and after a hiccup of the
-// page's own WebSocket. While a server is down, or the page itself is disconnected, its state is
-// marked stale ("continuity lost") until a fresh snapshot replaces it.
+// page connects and when amihub says `state ready` after a (re)login. After a hiccup of the page's
+// own WebSocket it resumes instead (`?resume=` with the last epoch/offset seen per server: amihub
+// replays what was missed), and takes a snapshot only of a server amihub answers with
+// `resume gap`. While a server is down, or the page itself is disconnected, its state is marked
+// stale ("continuity lost") until a replay or a fresh snapshot brings it up to date.
 //
 // Every piece of text that came from the network is put into the page with `textContent`,
 // `new Option()` or `setAttribute`, never parsed as HTML.
 
 import {
-  MessageType, connect, firstValue, headerValues, pageToken, wsUrl,
+  MessageType, connect, firstValue, framePosition, headerValues, pageToken, wsUrl,
 } from './protocol.js';
 import {
   applyEvent, emptyState, endpointList, groupCalls, stateCounts, stateFromSnapshot,
@@ -232,7 +234,12 @@ function applyServerStatus(envelope) {
   }
   if (status) setStatus(server, status, reason);
   server.liveAt = performance.now();
-  if (status === 'Connected' && reason === 'state ready') requestSnapshot(server);
+  if (status === 'Connected' && reason === 'state ready') {
+    // While resuming, only a `state ready` in the replay (a new position, not the join's repeat
+    // of the newest one) means the PBX state was rebuilt meanwhile.
+    if (server.resuming) server.snapAfterResume ||= !envelope.repeat;
+    else requestSnapshot(server);
+  }
   if (selectedId === null) selectServer(firstServerId(), false);
   renderServers();
 }
@@ -373,6 +380,8 @@ const pendingSnapshots = [];
 
 function requestSnapshot(server) {
   if (connState.state !== 'live') return;
+  // The replay brings the state up to date; a `state ready` in it asks once it is done.
+  if (server.resuming) return;
   if (server.snap.inFlight) {
     server.snap.again = true;
     return;
@@ -788,9 +797,86 @@ function renderConnState() {
   document.body.classList.toggle('stale', state !== 'live');
 }
 
+// Resume (README "Resume"): the last history position seen per server; the positions of the
+// servers whose state was current when the page lost its socket go on the next connection's URL.
+
+/** Server id -> {epoch, offset} of the last broadcast frame seen. */
+const positions = new Map();
+/** What the next connection resumes from (set when the socket drops). */
+let resumeFrom = new Map();
+let resumeTimer = null;
+/** A hub that never answers the resume (an older amihub) gets snapshots after this long. */
+const RESUME_REPLY_TIMEOUT_MS = 5000;
+
+function resumeDone(server, resumed) {
+  server.resuming = false;
+  const again = server.snapAfterResume || !resumed;
+  server.snapAfterResume = false;
+  // A server that went down meanwhile stays stale (the replay said so) until it is ready again.
+  if (server.status !== 'Connected') return;
+  if (again) {
+    requestSnapshot(server);
+    return;
+  }
+  server.stale = false;
+  server.staleWhy = '';
+  if (server.row) renderServer(server);
+  scheduleRender(server);
+}
+
+/** amihub's answer to the page's `?resume=`: a `Servers` entry per server, replayed or a gap. */
+function handleResumeReply(envelope) {
+  if (firstValue(envelope.data.ProxyAction) !== 'Resume') return false;
+  clearTimeout(resumeTimer);
+  const result = envelope.data.Servers && typeof envelope.data.Servers === 'object' ? envelope.data.Servers : {};
+  for (const server of servers.values()) {
+    if (!server.resuming) continue;
+    const r = result[String(server.id)];
+    resumeDone(server, Boolean(r && Number.isInteger(r.Replayed)));
+  }
+  return true;
+}
+
+/** The socket dropped: remember where each server whose state is current was. */
+function noteDisconnect() {
+  resumeFrom = new Map();
+  for (const server of servers.values()) {
+    const at = positions.get(server.id);
+    if (at && server.stateLoaded && (!server.stale || server.resuming)) resumeFrom.set(server.id, at);
+    server.resuming = false;
+  }
+}
+
+/** The socket is live again: servers in its `?resume=` wait for the replay, not a snapshot. */
+function noteReconnect() {
+  for (const id of resumeFrom.keys()) {
+    const server = servers.get(id);
+    if (server) server.resuming = true;
+  }
+  resumeFrom = new Map();
+  clearTimeout(resumeTimer);
+  resumeTimer = setTimeout(() => {
+    for (const server of servers.values()) if (server.resuming) resumeDone(server, false);
+  }, RESUME_REPLY_TIMEOUT_MS);
+}
+
 function onEnvelope(envelope) {
+  const at = framePosition(envelope);
+  if (at) {
+    const prev = positions.get(envelope.serverId);
+    envelope.repeat = Boolean(prev && prev.epoch === at.epoch && at.offset <= prev.offset);
+    positions.set(envelope.serverId, at);
+  }
+  if (envelope.type === MessageType.SERVER_STATUS && firstValue(envelope.data.Reason) === 'resume gap') {
+    // Not a status change: the missed frames are gone, so this server needs a snapshot.
+    const server = servers.get(envelope.serverId);
+    if (server && server.resuming) resumeDone(server, false);
+    addLogEntry(envelope);
+    return;
+  }
   switch (envelope.type) {
     case MessageType.HUB_REPLY:
+      if (handleResumeReply(envelope)) return;
       if (handleSnapshotReply(envelope)) return;
       addEnvelopeReply(envelope);
       return;
@@ -811,13 +897,14 @@ function onEnvelope(envelope) {
   addLogEntry(envelope);
 }
 
-const client = connect(wsUrl(), {
+const client = connect(() => wsUrl(window.location, resumeFrom), {
   onEnvelope,
   onState(state) {
     const wasLive = connState.state === 'live';
     connState = state;
     renderConnState();
     if (wasLive && state.state !== 'live') {
+      noteDisconnect();
       // Events are being missed from now on: everything we hold is only the last known state.
       pendingSnapshots.length = 0;
       for (const server of servers.values()) {
@@ -829,7 +916,10 @@ const client = connect(wsUrl(), {
     }
     // Statuses may have changed while we were away; the list is the source of truth on (re)connect,
     // and applying it asks for a fresh snapshot of every connected server.
-    if (state.state === 'live' && !wasLive) loadServers();
+    if (state.state === 'live' && !wasLive) {
+      noteReconnect();
+      loadServers();
+    }
   },
 });
 

@@ -1,7 +1,7 @@
 // protocol.js — the amihub WebSocket protocol as seen from a browser.
 //
-// Owns: the envelope shape (SPEC §4), the WebSocket URL, and a connection that reconnects with
-// exponential backoff and jitter. Knows nothing about the DOM, so later dashboards can reuse it
+// Owns: the envelope shape (SPEC §4), the WebSocket URL, history positions for resume (SPEC §10),
+// and a connection that reconnects with exponential backoff and jitter. Knows nothing about the DOM, so later dashboards can reuse it
 // as is.
 
 /** Envelope `type` values (amiws-compatible 0–6, plus amihub's 7 and 8). */
@@ -39,16 +39,32 @@ export function pageToken(loc = window.location) {
 
 /**
  * The WebSocket URL: `ws(s)://<same host>/ws`, resolved against the page so a dashboard served
- * under a reverse-proxy prefix still finds its own hub. Carries `?token=` when the page has one.
+ * under a reverse-proxy prefix still finds its own hub. Carries `?token=` when the page has one,
+ * and `?resume=` for `positions` (a Map server id -> {epoch, offset}) when there are any.
  */
-export function wsUrl(loc = window.location) {
+export function wsUrl(loc = window.location, positions = new Map()) {
   const url = new URL('ws', loc.href);
   url.protocol = loc.protocol === 'https:' ? 'wss:' : 'ws:';
   url.hash = '';
   // Percent-encoding (not URLSearchParams' `+` for space) reads the same to every decoder.
+  const params = [];
   const token = pageToken(loc);
-  url.search = token ? `?token=${encodeURIComponent(token)}` : '';
+  if (token) params.push(`token=${encodeURIComponent(token)}`);
+  const resume = [...positions].map(([id, p]) => `${id}:${p.epoch}:${p.offset}`).join(',');
+  if (resume) params.push(`resume=${encodeURIComponent(resume)}`);
+  url.search = params.length ? `?${params.join('&')}` : '';
   return url.toString();
+}
+
+/**
+ * The place of a broadcast frame in its server's history (`epoch`, `offset`: SPEC §10), or null
+ * for frames that have none (replies to this page, the statuses sent on connect).
+ */
+export function framePosition(envelope) {
+  const { raw } = envelope;
+  if (envelope.serverId === null || typeof raw.epoch !== 'string') return null;
+  if (!Number.isSafeInteger(raw.offset) || raw.offset < 0) return null;
+  return { epoch: raw.epoch, offset: raw.offset };
 }
 
 /**
@@ -103,7 +119,8 @@ export function firstValue(value) {
 }
 
 /**
- * Opens a WebSocket to `url` and keeps it open.
+ * Opens a WebSocket to `url` and keeps it open; `url` may be a function, asked again before each
+ * attempt (a reconnect resumes from where the page was).
  *
  * `onEnvelope(envelope)` gets every parsed frame; `onInvalid(frame)` every frame that is not an
  * envelope; `onState(state)` every change, where `state` is
@@ -135,7 +152,7 @@ export function connect(url, { onEnvelope, onInvalid = () => {}, onState = () =>
     report('connecting');
     let ws;
     try {
-      ws = new WebSocket(url);
+      ws = new WebSocket(typeof url === 'function' ? url() : url);
     } catch (err) {
       lastClose = { code: 0, reason: String(err && err.message ? err.message : err) };
       scheduleRetry();

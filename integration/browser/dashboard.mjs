@@ -278,6 +278,110 @@ async function scenarioHubRestart(context) {
   await page.close();
 }
 
+/** An action through amihub's HTTP API (the page's own socket may be cut meanwhile). */
+async function apiAction(serverId, action) {
+  const res = await fetch(new URL(`/api/v1/servers/${serverId}/actions`, BASE), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', ...(TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {}) },
+    body: JSON.stringify(action),
+  });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(`${action.Action}: HTTP ${res.status} ${JSON.stringify(body)}`);
+  return body;
+}
+
+/** The `;1` channel of the call with caller id number `num`, from CoreShowChannels. */
+async function channelOf(num) {
+  const { events = [] } = await apiAction(1, { Action: 'CoreShowChannels' });
+  const hit = events.find((e) => e.CallerIDNum === num && /;1$/.test(e.Channel || ''));
+  if (!hit) throw new Error(`no channel with caller ${num}: ${JSON.stringify(events.map((e) => e.Channel))}`);
+  return hit.Channel;
+}
+
+/** The calls table as data: one sorted line per row (channel, from, to, status). */
+function callsTable(page) {
+  return page.evaluate((sel) => [...document.querySelectorAll(sel)].map((r) => [
+    r.dataset.channel,
+    ...['call-from', 'call-to', 'call-status'].map((t) => r.querySelector(`[data-testid="${t}"]`)?.textContent ?? ''),
+  ].join(' | ')).sort(), q('call-row'));
+}
+
+/**
+ * The page's WebSocket is cut for a few seconds (Playwright's routeWebSocket: the test closes it
+ * and refuses reconnects) while calls start and end; the page resumes (`?resume=`, no snapshot)
+ * and its calls table then equals a freshly loaded page's.
+ */
+async function scenarioResume(context) {
+  const page = await context.newPage();
+  page.on('pageerror', (err) => say(`# page error: ${err.message}`));
+  let cut = false;
+  const conns = [];
+  await page.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    if (cut) {
+      ws.close({ code: 4000, reason: 'test: network cut' });
+      return;
+    }
+    const server = ws.connectToServer();
+    const conn = { url: ws.url(), sent: [], got: [], ws, server };
+    ws.onMessage((m) => {
+      conn.sent.push(String(m));
+      server.send(m);
+    });
+    server.onMessage((m) => {
+      if (conn.got.length < 40) conn.got.push(String(m).slice(0, 300));
+      ws.send(m);
+    });
+    conns.push(conn);
+  });
+  await page.goto(dashboardUrl(1), { waitUntil: 'load', timeout: 15000 });
+  await ready(page, 1);
+  await apiAction(1, { Action: 'Originate', Channel: 'Local/100@demo', Application: 'Wait', Data: '600', CallerID: 'Before Cut <5550601>' });
+  await rowWithText(page, 'the call before the cut', ...callRow('5550601'));
+  const before = await channelOf('5550601');
+
+  cut = true;
+  for (const c of conns) {
+    c.ws.close({ code: 4000, reason: 'test: network cut' });
+    c.server.close();
+  }
+  const cutAt = Date.now();
+  await textMatches(page, 'the page to notice the cut', q('conn-status'), '^(reconnecting|connecting)', 5000);
+  // While the page is cut off: one call starts and stays, one ends, one starts and ends.
+  await apiAction(1, { Action: 'Originate', Channel: 'Local/100@demo', Application: 'Wait', Data: '600', CallerID: 'During Cut <5550602>' });
+  await apiAction(1, { Action: 'Hangup', Channel: before });
+  await apiAction(1, { Action: 'Originate', Channel: 'Local/100@demo', Application: 'Wait', Data: '600', CallerID: 'Brief Call <5550603>' });
+  await apiAction(1, { Action: 'Hangup', Channel: await channelOf('5550603') });
+  const during = await channelOf('5550602');
+  // The outage itself lasts three seconds, whatever the page tries meanwhile.
+  await new Promise((r) => setTimeout(r, Math.max(0, 3000 - (Date.now() - cutAt))));
+  const connsBefore = conns.length;
+  cut = false;
+
+  await textMatches(page, 'the page to reconnect by itself', q('conn-status'), '^live$', 20000);
+  await visible(page, 'server 1 not stale after the resume', `${serverRow(1)} ${q('state-stale')}`, false, 10000);
+  await rowWithText(page, 'the call started during the cut', ...callRow('5550602'));
+  await rowWithText(page, 'the call ended during the cut to be gone', ...callRow('5550601'), { gone: true });
+  await rowWithText(page, 'the brief call never to show', ...callRow('5550603'), { gone: true });
+  const resumed = conns.slice(connsBefore);
+  const last = resumed[resumed.length - 1];
+  if (!last || !/[?&]resume=1%3A/.test(last.url)) throw new Error(`the reconnect did not resume: ${last && last.url}`);
+  if (last.sent.some((m) => m.includes('"Snapshot"'))) {
+    throw new Error(`the resumed page asked for a snapshot: ${last.sent.join(' ')}; it got: ${last.got.join('\n')}`);
+  }
+
+  const fresh = await context.newPage();
+  await fresh.goto(dashboardUrl(1), { waitUntil: 'load', timeout: 15000 });
+  await ready(fresh, 1);
+  await rowWithText(fresh, 'the fresh page to show the call', ...callRow('5550602'));
+  const [a, b] = [await callsTable(page), await callsTable(fresh)];
+  if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`resumed ${JSON.stringify(a)} != fresh ${JSON.stringify(b)}`);
+  info(`resumed and fresh pages agree: ${JSON.stringify(a)}`);
+  await apiAction(1, { Action: 'Hangup', Channel: during });
+  await rowWithText(page, 'the last call to end', ...callRow('5550602'), { gone: true });
+  await fresh.close();
+  await page.close();
+}
+
 /** The PBX goes down: Disconnected and stale; it comes back: Connected, state refreshed. */
 async function scenarioOutage(context) {
   const page = await openDashboard(context);
@@ -391,6 +495,7 @@ const ALL = {
   calls: scenarioCalls,
   queue: scenarioQueue,
   'hub-restart': scenarioHubRestart,
+  resume: scenarioResume,
   outage: scenarioOutage,
   'bad-token': scenarioBadToken,
   tls: scenarioTls,

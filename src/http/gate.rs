@@ -37,9 +37,14 @@ fn percent_decode_path(p: &str) -> String {
 }
 
 fn query_token(query: &str) -> Option<String> {
+    query_param(query, "token")
+}
+
+/// The percent-decoded value of `name` in a query string.
+pub(super) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == "token").then(|| percent_decode(v))
+        (k == name).then(|| percent_decode(v))
     })
 }
 

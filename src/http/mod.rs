@@ -139,6 +139,14 @@ async fn ws_upgrade(
     let Some(identity) = req.extensions().get::<Identity>().cloned() else {
         return Ok(HttpResponse::Unauthorized().json(json!({"error": "authentication required"})));
     };
+    let resume = gate::query_param(req.query_string(), "resume").unwrap_or_default();
+    let resume = match crate::ws::resume::parse_query(&resume) {
+        Ok(r) => r,
+        Err(e) => {
+            let error = format!("resume: {e}");
+            return Ok(HttpResponse::BadRequest().json(json!({ "error": error })));
+        }
+    };
     let Some(slot) = SessionSlot::acquire(&state.metrics, |m| &m.ws_sessions, limits.max_sessions)
     else {
         Metrics::inc(&state.metrics.ws_refused_sessions_total);
@@ -159,7 +167,8 @@ async fn ws_upgrade(
         io.clone(),
         limits.clone(),
         state.metrics.clone(),
-    );
+    )
+    .resuming(resume);
     // The codec refuses frames far past the limit outright; the session answers the rest.
     let codec = actix_http::ws::Codec::new().max_size(limits.max_client_message_bytes * 4);
     let stream = ws::WebsocketContext::with_codec(session, payload, codec);

@@ -139,6 +139,7 @@ impl Handler<AddServer> for Registry {
             s.host,
             s.port
         );
+        let history = self.new_history();
         self.servers.insert(
             s.id,
             ServerEntry {
@@ -152,6 +153,7 @@ impl Handler<AddServer> for Registry {
                 connects: 0,
                 settled: false,
                 generation,
+                history,
             },
         );
         Ok(())
@@ -174,7 +176,7 @@ impl Handler<DropServer> for Registry {
         let status = ServerStatus::Disconnected.as_str();
         let frame = encode_status(&tag, status, "removed");
         let notice = crate::amisrv::render::status_event(status, "removed");
-        self.broadcast(ctx, msg.id, &[Outgoing::notice(frame, Some(notice))]);
+        self.broadcast(ctx, msg.id, vec![Outgoing::notice(frame, Some(notice))]);
         if let Some(entry) = self.servers.remove(&msg.id) {
             let addr = entry.addr;
             actix::spawn(async move {

@@ -109,7 +109,7 @@ impl SessionEntry {
         self.rights.events.is_all() && self.subscription.as_ref().is_none_or(|s| s.events_all())
     }
 
-    fn admits(&self, out: &Outgoing) -> bool {
+    pub(super) fn admits(&self, out: &Outgoing) -> bool {
         let Some(p) = &out.packet else {
             // amihub's notices: AMI sessions with events off take no events at all.
             return !(self.format == Format::Ami
@@ -119,7 +119,7 @@ impl SessionEntry {
         self.rights.may_see_event(event) && self.subscription.as_ref().is_none_or(|s| s.admits(p))
     }
 
-    fn sees_server(&self, id: u32, name: &str) -> bool {
+    pub(super) fn sees_server(&self, id: u32, name: &str) -> bool {
         self.rights.may_see_server(id, name)
             && self
                 .subscription

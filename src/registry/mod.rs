@@ -8,11 +8,14 @@
 
 mod admin;
 pub mod fanout;
+pub mod history;
 pub mod pending;
+pub mod resume;
 pub mod session;
 pub mod subscription;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,19 +25,22 @@ use bytestring::ByteString;
 use crate::ami::{Action, Limits, Packet};
 use crate::amisrv::render::{render_packet, render_reply, status_event, IdRewrite};
 use crate::auth::Rights;
-use crate::config::{LimitSettings, ReconnectSettings, ServerSettings};
+use crate::config::{HistorySettings, LimitSettings, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::pbx::{PbxHandle, SendAction, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{
-    encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, ServerTag,
+    encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, with_position,
+    ServerTag,
 };
 pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
     ServerInfo, ServerState, SessionInfo,
 };
 use fanout::{Outgoing, SessionEntry, Sessions};
+use history::{FrameLog, History};
 pub use pending::{ActionFailure, Collected};
 use pending::{Pending, PendingTable, ReplyTo, Token, ID_PREFIX};
+pub use resume::Resume;
 use session::{CloseSession, Deliver, Format, SessionIo};
 pub use subscription::Subscription;
 
@@ -153,6 +159,8 @@ struct ServerEntry {
     settled: bool,
     /// Identifies the PBX actor of this entry (see `PbxPackets::generation`).
     generation: u64,
+    /// Its broadcast frames, for resume; a new epoch whenever the entry is (re)created.
+    history: Box<dyn FrameLog>,
 }
 
 /// The registry actor (one per process).
@@ -170,6 +178,8 @@ pub struct Registry {
     next_generation: u64,
     /// Cluster mode: servers are mirrored from the shared store instead of connected here.
     cluster: Option<crate::cluster::Cluster>,
+    history: HistorySettings,
+    marks: resume::Marks,
 }
 
 impl Registry {
@@ -193,7 +203,20 @@ impl Registry {
             shutting_down: false,
             next_generation: 0,
             cluster: None,
+            history: HistorySettings::default(),
+            marks: resume::Marks::default(),
         }
+    }
+
+    /// Bounds of each server's history (default: `HistorySettings::default()`).
+    pub fn with_history(mut self, history: HistorySettings) -> Registry {
+        self.history = history;
+        self
+    }
+
+    /// A fresh history for a server entry (a new epoch).
+    fn new_history(&self) -> Box<dyn FrameLog> {
+        Box::new(History::new(self.history.clone()))
     }
 
     /// Cluster mode: each server's actor is a mirror of the shared stream (SPEC §11).
@@ -229,11 +252,25 @@ impl Registry {
         self.reply(ctx, session, frame);
     }
 
-    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, batch: &[Outgoing]) {
-        let Some(name) = self.servers.get(&server).map(|s| s.tag.name.clone()) else {
+    /// Stamps a server's broadcast frames with their history position, fans them out and keeps
+    /// them for resume (the same bytes, shared).
+    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, mut batch: Vec<Outgoing>) {
+        let Some(entry) = self.servers.get_mut(&server) else {
             return;
         };
-        for id in self.sessions.broadcast((server, &name), batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let next = entry.history.newest() + 1;
+        for (o, offset) in batch.iter_mut().zip(next..) {
+            o.frame = with_position(&o.frame, entry.history.epoch(), offset);
+        }
+        let slow = self.sessions.broadcast((server, &entry.tag.name), &batch);
+        let now = Instant::now();
+        for o in batch {
+            entry.history.append(o, now);
+        }
+        for id in slow {
             self.cut_loose(ctx, id);
         }
     }
@@ -243,6 +280,7 @@ impl Registry {
         let Some(entry) = self.sessions.map.remove(&session) else {
             return;
         };
+        self.marks.left(session);
         self.pending.map.retain(|_, p| p.session() != Some(session));
         Metrics::inc(match entry.format {
             Format::Json => &self.metrics.ws_slow_consumer_closes_total,
@@ -373,7 +411,23 @@ impl Registry {
         None
     }
 
+    /// Ages out history and shows what it holds in the metrics.
+    fn sweep_history(&mut self) {
+        let now = Instant::now();
+        let (mut frames, mut bytes) = (0, 0);
+        for s in self.servers.values_mut() {
+            s.history.expire(now);
+            let u = s.history.usage();
+            frames += u.frames;
+            bytes += u.bytes;
+        }
+        let m = &self.metrics;
+        m.history_frames.store(frames as u64, Relaxed);
+        m.history_bytes.store(bytes as u64, Relaxed);
+    }
+
     fn sweep(&mut self, ctx: &mut Context<Self>) {
+        self.sweep_history();
         for seq in self.pending.expired(Instant::now()) {
             let responded = self.pending.map.get(&seq).is_some_and(|p| p.responded);
             let collecting = self
@@ -486,7 +540,7 @@ impl Registry {
             if let Some(seq) = self.pending.lookup(msg.server_id, packet.action_id()) {
                 // Keep wire order for everyone: what came before this reply goes out first.
                 let before = std::mem::take(&mut batch);
-                self.broadcast(ctx, msg.server_id, &before);
+                self.broadcast(ctx, msg.server_id, before);
                 restored = self.pending.map.get(&seq).map(|p| p.shown_id(seq));
                 match self.route_reply(ctx, seq, packet, &tag) {
                     Some(p) => packet = p,
@@ -504,7 +558,7 @@ impl Registry {
             let frame = encode_packet(&tag, &packet, restored.as_deref());
             batch.push(Outgoing::packet(frame, packet, restored));
         }
-        self.broadcast(ctx, msg.server_id, &batch);
+        self.broadcast(ctx, msg.server_id, batch);
         if let Some(version) = msg.state_version {
             self.apply_status(
                 ctx,
@@ -548,7 +602,7 @@ impl Registry {
         if let Some(banner) = msg.banner {
             let frame = encode_prompt(&tag, &banner);
             server.banner = banner;
-            self.broadcast(ctx, msg.server_id, &[Outgoing::notice(frame, None)]);
+            self.broadcast(ctx, msg.server_id, vec![Outgoing::notice(frame, None)]);
             return;
         }
         if msg.status != ServerStatus::Connecting {
@@ -574,7 +628,11 @@ impl Registry {
             .collect();
         let frame = encode_status_with(&tag, msg.status.as_str(), &msg.reason, &extra);
         let notice = status_event(msg.status.as_str(), &msg.reason);
-        self.broadcast(ctx, msg.server_id, &[Outgoing::notice(frame, Some(notice))]);
+        self.broadcast(
+            ctx,
+            msg.server_id,
+            vec![Outgoing::notice(frame, Some(notice))],
+        );
         if was_connected && msg.status != ServerStatus::Connected {
             let text = format!("Server {} disconnected: {}", msg.server_id, msg.reason);
             self.fail_server(ctx, msg.server_id, &text);
@@ -586,12 +644,24 @@ impl Handler<Join> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        let session = msg.session;
+        let statuses = self.join(msg);
+        if !statuses.is_empty() && !self.sessions.send(session, statuses.into()) {
+            self.cut_loose(ctx, session);
+        }
+    }
+}
+
+impl Registry {
+    /// Adds a session; returns the current statuses it is to get (JSON sessions), each with the
+    /// server's newest history position: where this session's live traffic begins.
+    fn join(&mut self, msg: Join) -> Vec<ByteString> {
         if self.shutting_down {
             msg.close.do_send(CloseSession {
                 code: 1001,
                 reason: "amihub shutting down".into(),
             });
-            return;
+            return Vec::new();
         }
         // AMI clients expect nothing unsolicited at login; they hear of later status changes.
         let statuses: Vec<ByteString> = self
@@ -600,8 +670,14 @@ impl Handler<Join> for Registry {
             .filter(|s| {
                 msg.format == Format::Json && msg.rights.may_see_server(s.tag.id, &s.tag.name)
             })
-            .map(|s| encode_status(&s.tag, s.status.as_str(), &s.reason))
+            .map(|s| {
+                let frame = encode_status(&s.tag, s.status.as_str(), &s.reason);
+                with_position(&frame, s.history.epoch(), s.history.newest())
+            })
             .collect();
+        if msg.format == Format::Json {
+            self.marks.joined(msg.session, self.servers.iter());
+        }
         self.sessions.map.insert(
             msg.session,
             SessionEntry {
@@ -615,9 +691,7 @@ impl Handler<Join> for Registry {
                 pending: 0,
             },
         );
-        if !statuses.is_empty() && !self.sessions.send(msg.session, statuses.into()) {
-            self.cut_loose(ctx, msg.session);
-        }
+        statuses
     }
 }
 
@@ -626,6 +700,7 @@ impl Handler<Leave> for Registry {
 
     fn handle(&mut self, msg: Leave, _ctx: &mut Context<Self>) {
         self.sessions.map.remove(&msg.session);
+        self.marks.left(msg.session);
         self.pending
             .map
             .retain(|_, p| p.session() != Some(msg.session));

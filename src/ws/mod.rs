@@ -3,4 +3,5 @@
 pub mod outbound;
 pub mod protocol;
 mod proxy;
+pub mod resume;
 pub mod session;

@@ -1,6 +1,8 @@
 //! The JSON envelope (SPEC §4): the only module that knows how packets look to browsers and how
 //! client JSON becomes an AMI action. Pure functions, no actors.
 
+use std::fmt::Write;
+
 use bytestring::ByteString;
 use serde_json::{Map, Value};
 
@@ -161,6 +163,19 @@ pub fn encode_status_with(
     let mut fields = vec![("Status", status), ("Reason", reason)];
     fields.extend_from_slice(extra);
     encode_fields(MsgType::Status, Some(tag), &fields)
+}
+
+/// A broadcast frame with its place in the server's history as two more top-level fields,
+/// `"epoch"` and `"offset"` (SPEC §10): the only place they are written. `frame` is one of the
+/// JSON objects rendered above; its bytes are copied once, never serialised again.
+pub fn with_position(frame: &str, epoch: &str, offset: u64) -> ByteString {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    let mut out = String::with_capacity(frame.len() + epoch.len() + 34);
+    out.push_str(body);
+    out.push_str(",\"epoch\":");
+    push_json_str(&mut out, epoch);
+    let _ = write!(out, ",\"offset\":{offset}}}");
+    ByteString::from(out)
 }
 
 /// Type 8: amihub's own reply to one session (errors, ProxyAction results).
@@ -506,5 +521,23 @@ mod tests {
     fn proxy_action_is_recognised() {
         let m = parse_client(r#"{"ProxyAction":"ListServers"}"#).unwrap();
         assert!(matches!(m, ClientMessage::Proxy { ref name, .. } if name == "ListServers"));
+    }
+
+    #[test]
+    fn position_becomes_two_top_level_fields_of_any_broadcast_frame() {
+        let p = Packet::from_headers([("Event", "Hangup"), ("Channel", "PJSIP/1-01")]);
+        for frame in [
+            encode_packet(&tag(), &p, None),
+            encode_status(&tag(), "Connected", ""),
+            encode_prompt(&tag(), "Asterisk Call Manager/9.0.0"),
+        ] {
+            let v = json(&with_position(&frame, "e\"1", 42));
+            let mut plain = json(&frame);
+            assert_eq!(v["epoch"], "e\"1");
+            assert_eq!(v["offset"], 42);
+            plain["epoch"] = Value::from("e\"1");
+            plain["offset"] = Value::from(42);
+            assert_eq!(v, plain);
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! `{"ProxyAction": …}` messages a session handles with amihub itself: ListServers, Subscribe,
-//! and for admins ListSessions, AddServer and DropServer.
+//! Snapshot, Resume, and for admins ListSessions, AddServer and DropServer.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::metrics::Metrics;
 use crate::registry::{
-    AddServer, DropServer, ListServers, ListSessions, ServerState, Subscribe, Subscription,
+    AddServer, DropServer, ListServers, ListSessions, Resume, ServerState, Subscribe, Subscription,
 };
 use crate::ws::protocol::encode_reply_value;
 use crate::ws::session::WsSession;
@@ -143,6 +143,16 @@ impl WsSession {
                     Err(e) => self.fail(ctx, &format!("Subscribe: {e}")),
                 }
             }
+            "Resume" => match crate::ws::resume::parse_since(body.get("Since")) {
+                // The registry answers, after the replayed frames.
+                Ok(since) => self.registry.do_send(Resume {
+                    session: self.id,
+                    since,
+                    action_id: self.proxy_id.clone(),
+                    join: None,
+                }),
+                Err(e) => self.fail(ctx, &format!("Resume: {e}")),
+            },
             "ListSessions" if self.admin_only(ctx, name) => {
                 self.registry
                     .send(ListSessions)

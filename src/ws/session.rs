@@ -12,8 +12,9 @@ use bytestring::ByteString;
 use crate::auth::Identity;
 use crate::config::LimitSettings;
 use crate::metrics::{Metrics, SharedMetrics};
+use crate::registry::history::Position;
 use crate::registry::session::{CloseSession, Deliver, Format, SessionIo, TokenBucket};
-use crate::registry::{ClientRequest, Join, Leave, Registry, Target};
+use crate::registry::{ClientRequest, Join, Leave, Registry, Resume, Target};
 use crate::ws::protocol::{encode_reply, parse_client, ClientMessage};
 
 /// One browser connection.
@@ -30,6 +31,8 @@ pub struct WsSession {
     bucket: TokenBucket,
     /// Subscribes compile regexes on this worker: at most SUBSCRIBES_PER_SECOND.
     pub(super) subscribe_bucket: TokenBucket,
+    /// `?resume=` of the upgrade: replayed as the session joins.
+    resume: std::collections::BTreeMap<u32, Position>,
 }
 
 /// Subscribes one session may make per second, after a burst of SUBSCRIBE_BURST.
@@ -56,7 +59,14 @@ impl WsSession {
             metrics,
             last_heard: Instant::now(),
             proxy_id: None,
+            resume: Default::default(),
         }
+    }
+
+    /// Joins resuming from these positions (`?resume=` on the WebSocket URL).
+    pub fn resuming(mut self, since: std::collections::BTreeMap<u32, Position>) -> WsSession {
+        self.resume = since;
+        self
     }
 
     /// Writes a reply of amihub's own, counted against this session's queue like any frame.
@@ -183,7 +193,7 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         Metrics::inc(&self.metrics.ws_sessions_total);
-        self.registry.do_send(Join {
+        let join = Join {
             session: self.id,
             user: self.identity.name.clone(),
             rights: self.identity.rights.clone(),
@@ -192,7 +202,17 @@ impl Actor for WsSession {
             io: self.io.clone(),
             format: Format::Json,
             subscription: None,
-        });
+        };
+        if self.resume.is_empty() {
+            self.registry.do_send(join);
+        } else {
+            self.registry.do_send(Resume {
+                session: self.id,
+                since: std::mem::take(&mut self.resume),
+                action_id: None,
+                join: Some(join),
+            });
+        }
         let every = Duration::from_secs(self.limits.ws_ping_interval_s);
         let idle = Duration::from_secs(self.limits.ws_idle_timeout_s);
         ctx.run_interval(every, move |act, ctx| {

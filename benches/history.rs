@@ -1,0 +1,176 @@
+//! Resume history: the heap that 10,000 kept frames really take (a counting allocator, against
+//! the history's own accounting that `/metrics` shows), stamping and keeping frames, and reading
+//! a replay back (what the registry does for a resuming session before the socket writes it).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use bytestring::ByteString;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+
+use amihub::ami::Packet;
+use amihub::config::HistorySettings;
+use amihub::registry::fanout::Outgoing;
+use amihub::registry::history::{FrameLog, History};
+use amihub::ws::protocol::{encode_packet, with_position, ServerTag};
+
+/// Counts live heap bytes, to measure what the history holds.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Relaxed);
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const FRAMES: usize = 10_000;
+
+/// A hangup as Asterisk 22 sends it (about 600 bytes of AMI).
+fn hangup(n: usize) -> Packet {
+    let chan = format!("PJSIP/2{:03}-{n:08x}", n % 1000);
+    let id = format!("1795353492.{n}");
+    Packet::from_headers([
+        ("Event", "Hangup"),
+        ("Privilege", "call,all"),
+        ("Timestamp", "1795353519.104482"),
+        ("Channel", chan.as_str()),
+        ("ChannelState", "6"),
+        ("ChannelStateDesc", "Up"),
+        ("CallerIDNum", "2001"),
+        ("CallerIDName", "Reception Desk"),
+        ("ConnectedLineNum", "5551234567"),
+        ("ConnectedLineName", "Outside Caller"),
+        ("Language", "en"),
+        ("AccountCode", "sales"),
+        ("Context", "from-internal"),
+        ("Exten", "h"),
+        ("Priority", "1"),
+        ("Uniqueid", id.as_str()),
+        ("Linkedid", id.as_str()),
+        ("Cause", "16"),
+        ("Cause-txt", "Normal Clearing"),
+        ("ChanVariable", "DIALSTATUS=ANSWER"),
+        (
+            "ChanVariable",
+            "MIXMONITOR_FILENAME=/var/spool/asterisk/monitor/x.wav",
+        ),
+    ])
+}
+
+fn settings() -> HistorySettings {
+    HistorySettings {
+        max_frames: FRAMES,
+        max_age_s: 300,
+        max_bytes: 1 << 30,
+    }
+}
+
+/// What the registry hands the history: the frame as rendered for the fan-out, and the packet.
+fn outgoing(tag: &ServerTag, packets: &[Packet]) -> Vec<Outgoing> {
+    packets
+        .iter()
+        .map(|p| Outgoing::packet(encode_packet(tag, p, None), p.clone(), None))
+        .collect()
+}
+
+/// Stamps and keeps a batch, as `Registry::broadcast` does.
+fn keep(h: &mut History, batch: Vec<Outgoing>, now: Instant) {
+    let next = h.newest() + 1;
+    for (mut o, offset) in batch.into_iter().zip(next..) {
+        o.frame = with_position(&o.frame, h.epoch(), offset);
+        h.append(o, now);
+    }
+}
+
+fn report_memory(tag: &ServerTag, packets: &[Packet]) {
+    let before = LIVE.load(Relaxed);
+    let batch = outgoing(tag, packets);
+    let frame_bytes: usize = batch.iter().map(|o| o.frame.len()).sum();
+    let mut h = History::new(settings());
+    keep(&mut h, batch, Instant::now());
+    // The batch (its unstamped frames, its vector) is gone: what is left is the history.
+    let heap = LIVE.load(Relaxed).saturating_sub(before);
+    let u = h.usage();
+    println!(
+        "history of {} frames (JSON {} B each on average): heap {} B ({} B/frame), \
+         accounted {} B ({} B/frame)",
+        u.frames,
+        frame_bytes / FRAMES,
+        heap,
+        heap / u.frames,
+        u.bytes,
+        u.bytes / u.frames
+    );
+    drop(h);
+}
+
+fn bench(c: &mut Criterion) {
+    let tag = ServerTag::new(1, "pbx1", false);
+    let packets: Vec<Packet> = (0..FRAMES).map(hangup).collect();
+    report_memory(&tag, &packets);
+
+    let mut g = c.benchmark_group("history");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(FRAMES as u64));
+    // The live path's extra cost: one copy of each frame with its position.
+    let rendered: Vec<ByteString> = packets
+        .iter()
+        .map(|p| encode_packet(&tag, p, None))
+        .collect();
+    g.bench_function("stamp_10000", |b| {
+        b.iter(|| {
+            for (f, offset) in rendered.iter().zip(1u64..) {
+                black_box(with_position(f, "9f3c0a17d2b4e861", offset));
+            }
+        })
+    });
+    g.bench_function("stamp_and_keep_10000", |b| {
+        b.iter_batched(
+            || outgoing(&tag, &packets),
+            |batch| {
+                let mut h = History::new(settings());
+                keep(&mut h, batch, Instant::now());
+                black_box(h.newest())
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let mut h = History::new(settings());
+    keep(&mut h, outgoing(&tag, &packets), Instant::now());
+    let epoch = h.epoch().to_string();
+    // The registry's replay: the frames after an offset, filtered per session, as one batch.
+    g.bench_function("replay_10000_to_one_session", |b| {
+        b.iter(|| {
+            let kept = h.since(&epoch, 0).unwrap_or_default();
+            let frames: Vec<ByteString> = kept
+                .into_iter()
+                .filter(|o| o.packet.as_ref().and_then(|p| p.event()) != Some("VarSet"))
+                .map(|o| o.frame.clone())
+                .collect();
+            black_box(frames.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
