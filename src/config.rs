@@ -42,6 +42,8 @@ pub struct Settings {
     #[serde(default)]
     pub ajam: AjamSettings,
     #[serde(default)]
+    pub cluster: crate::cluster::ClusterSettings,
+    #[serde(default)]
     pub history: HistorySettings,
     #[serde(default)]
     pub servers: Vec<ServerSettings>,
@@ -657,6 +659,7 @@ impl Settings {
                     .into(),
             );
         }
+        problems.extend(self.cluster.problems());
         if problems.is_empty() {
             Ok(())
         } else {

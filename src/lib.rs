@@ -26,6 +26,7 @@ pub mod ajam;
 pub mod ami;
 pub mod amisrv;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -29,6 +29,43 @@ struct Cli {
 enum Command {
     /// Print an argon2 hash for `[[users]] password_hash`; reads the password from stdin.
     HashPassword,
+    /// Run one simulated PBX (calls, queues, agents) on its own, e.g. as the demo PBXs of
+    /// docker/compose.cluster.yaml; until SIGTERM/SIGINT.
+    Simulate {
+        /// Address to listen on for AMI.
+        #[arg(long, default_value = "127.0.0.1:5038")]
+        listen: String,
+        #[arg(long, default_value = "sim-pbx")]
+        name: String,
+        #[arg(long, default_value = "amihub")]
+        username: String,
+        /// The AMI secret amihub logs in with.
+        #[arg(long)]
+        secret: String,
+    },
+}
+
+/// `amihub simulate`: one simulated PBX with live demo traffic.
+fn simulate(listen: String, name: String, username: String, secret: String) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async move {
+        let cfg = amihub::sim::SimConfig {
+            name,
+            username,
+            secret,
+            demo_traffic: true,
+            ..amihub::sim::SimConfig::default()
+        };
+        let _sim = amihub::sim::SimPbx::start(&listen, cfg)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -65,6 +102,16 @@ fn raise_fd_limit() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Simulate {
+        listen,
+        name,
+        username,
+        secret,
+    }) = cli.command
+    {
+        init_logging(LogFormat::Text);
+        return simulate(listen, name, username, secret);
+    }
     if let Some(Command::HashPassword) = cli.command {
         let mut line = String::new();
         std::io::stdin()

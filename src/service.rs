@@ -28,6 +28,8 @@ pub enum ServiceError {
     Auth(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::StoreError),
 }
 
 fn announce_auth(settings: &Settings, auth: &Authenticator) {
@@ -49,6 +51,14 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     let auth = Authenticator::new(&settings).map_err(ServiceError::Auth)?;
     announce_auth(&settings, &auth);
     let pbx_arbiter = Arbiter::new();
+    let cluster = crate::cluster::Cluster::start(
+        &settings.cluster,
+        settings.history.max_frames,
+        settings.ami.limits(),
+        settings.reconnect.clone(),
+        pbx_arbiter.handle(),
+        metrics.clone(),
+    )?;
     let registry = Registry::new(
         settings.limits.clone(),
         settings.ami.limits(),
@@ -56,6 +66,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         pbx_arbiter.handle(),
         metrics.clone(),
     )
+    .with_cluster(cluster.clone())
     .with_history(settings.history.clone())
     .start();
     for server in settings.servers.iter().filter(|s| s.enabled) {
@@ -87,6 +98,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         passwords: crate::auth::hasher::PasswordPool::for_this_host(),
         failures: Arc::default(),
         ajam: None,
+        cluster: cluster.clone(),
     };
     let state = AppState {
         ajam: crate::ajam::Ajam::start(&state),
@@ -115,6 +127,11 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
         log::info!("shutdown requested: closing sessions and logging off PBXs");
         // Stop accepting first, so no session joins after the 1001 round.
         handle.pause().await;
+        // Cluster: leave first (out of the live set, PBXs logged off, leases released), so the
+        // other nodes take this node's PBXs at their next lease tick.
+        if let Some(c) = &cluster {
+            c.leave(Duration::from_secs(3)).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(4), registry.send(Shutdown)).await;
         handle.stop(true).await;
     });

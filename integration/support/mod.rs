@@ -5,6 +5,7 @@
 
 pub mod ami;
 pub mod pki;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -91,6 +91,21 @@ impl Packet {
         Packet::from_parts(text, spans, Vec::new())
     }
 
+    /// Appends raw (non-header) lines, e.g. when rebuilding a packet stored elsewhere (the
+    /// cluster's streams). Lines past 4 GiB of text are left out.
+    pub fn with_raw_lines<'a>(mut self, lines: impl IntoIterator<Item = &'a str>) -> Packet {
+        for line in lines {
+            let start = self.text.len();
+            let (Ok(s), Ok(e)) = (u32::try_from(start), u32::try_from(start + line.len())) else {
+                break;
+            };
+            self.text.push_str(line);
+            self.text.push('\n');
+            self.raw.push(Span { start: s, end: e });
+        }
+        self
+    }
+
     /// Assembles a packet from parsed parts; every span must lie on char boundaries of `text`.
     pub(super) fn from_parts(text: String, headers: Vec<HeaderSpan>, raw: Vec<Span>) -> Packet {
         Packet { text, headers, raw }

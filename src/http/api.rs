@@ -306,7 +306,35 @@ pub async fn livez() -> HttpResponse {
 }
 
 /// Ready once every enabled server has finished its first connection attempt.
+/// `GET /api/v1/cluster`: the live nodes and the servers each owns now (SPEC §11).
+pub async fn cluster(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
+    if identity(&req).is_none() {
+        return error(S::UNAUTHORIZED, "authentication required");
+    }
+    let Some(cluster) = &state.cluster else {
+        return error(
+            S::NOT_FOUND,
+            "cluster mode is off ([cluster] redis_url is unset)",
+        );
+    };
+    match cluster.nodes().await {
+        Ok(nodes) => {
+            HttpResponse::Ok().json(json!({ "node_id": cluster.node_id(), "nodes": nodes }))
+        }
+        Err(e) => error(
+            S::SERVICE_UNAVAILABLE,
+            &format!("cluster store unreachable: {e}"),
+        ),
+    }
+}
+
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.cluster.as_ref().is_some_and(|c| !c.redis_up()) {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("not ready: cluster store (Redis) unreachable\n");
+    }
     match state.registry.send(Readiness).await {
         Ok(true) => HttpResponse::Ok()
             .content_type("text/plain")

@@ -45,6 +45,8 @@ pub struct AppState {
     pub failures: Arc<FailureLimiter>,
     /// AJAM (`[ajam] enabled`): its session directory and what its sessions share.
     pub ajam: Option<crate::ajam::Ajam>,
+    /// Cluster mode (SPEC §11); None on a single node.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl AppState {
@@ -102,6 +104,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/api/v1/servers/{id}/quality",
                 web::get().to(api::server_quality),
             )
+            .route("/api/v1/cluster", web::get().to(api::cluster))
             .route("/livez", get_or_head().to(api::livez))
             .route("/readyz", get_or_head().to(api::readyz))
             .route("/metrics", get_or_head().to(api::metrics))

@@ -29,6 +29,8 @@ pub enum PbxError {
     NotConnected { server_id: u32 },
     #[error("server {server_id}: send queue full (PBX not reading)")]
     QueueFull { server_id: u32 },
+    #[error("server {server_id}: {message}")]
+    Cluster { server_id: u32, message: String },
     #[error("invalid action: {0}")]
     Action(#[from] crate::ami::ActionError),
 }

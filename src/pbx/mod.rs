@@ -24,11 +24,11 @@ use crate::ami::{Action, AmiDecoder, Frame, Limits, Packet};
 use crate::config::{AuthMode, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
-use crate::state::PbxState;
 use crate::ws::protocol::{encode_packet, ServerTag};
 use backoff::Backoff;
 pub use connect::PbxError;
-pub use state_sync::{GetQuality, GetState};
+pub(crate) use state_sync::now_ms;
+pub use state_sync::{GetQuality, GetState, StateTracker};
 
 /// Actions queued towards one PBX before `SendAction` is refused.
 const WRITE_QUEUE: usize = 1024;
@@ -61,6 +61,43 @@ impl ServerStatus {
     }
 }
 
+/// Where a PBX actor hands its packets and statuses: the registry, or in cluster mode the
+/// publisher that writes them to the server's shared stream.
+#[derive(Clone)]
+pub struct Sink {
+    pub packets: Recipient<PbxPackets>,
+    pub status: Recipient<PbxStatusChanged>,
+}
+
+impl From<Addr<Registry>> for Sink {
+    fn from(a: Addr<Registry>) -> Sink {
+        Sink {
+            packets: a.clone().recipient(),
+            status: a.recipient(),
+        }
+    }
+}
+
+/// What the registry holds of a server's actor: a PBX connection, or a cluster mirror.
+#[derive(Clone)]
+pub struct PbxHandle {
+    pub send: Recipient<SendAction>,
+    pub shutdown: Recipient<Shutdown>,
+    pub state: Recipient<GetState>,
+    pub quality: Recipient<GetQuality>,
+}
+
+impl From<Addr<PbxConn>> for PbxHandle {
+    fn from(a: Addr<PbxConn>) -> PbxHandle {
+        PbxHandle {
+            send: a.clone().recipient(),
+            shutdown: a.clone().recipient(),
+            state: a.clone().recipient(),
+            quality: a.recipient(),
+        }
+    }
+}
+
 /// Write one action to this PBX (its ActionID already rewritten by the registry).
 #[derive(Message)]
 #[rtype(result = "Result<(), PbxError>")]
@@ -88,14 +125,12 @@ pub struct PbxConn {
     settings: Arc<ServerSettings>,
     /// Set by the registry; tags every message so a replaced actor's late ones are ignored.
     generation: u64,
-    /// A completed state rebuild to announce after the packets that preceded it.
-    ready_version: Option<u64>,
     tag: ServerTag,
     limits: Limits,
     reconnect: ReconnectSettings,
     backoff: Backoff,
     tls: Option<SslConnector>,
-    registry: Addr<Registry>,
+    registry: Sink,
     metrics: SharedMetrics,
     phase: Phase,
     attempt: u32,
@@ -108,10 +143,7 @@ pub struct PbxConn {
     ping_outstanding: Option<u64>,
     goodbye: Option<oneshot::Sender<()>>,
     /// Live calls, queues and endpoints, rebuilt after every login.
-    state: PbxState,
-    state_version: u64,
-    /// Snapshot actions still answering.
-    snapshot_open: Vec<String>,
+    tracker: StateTracker,
 }
 
 impl PbxConn {
@@ -120,7 +152,7 @@ impl PbxConn {
         generation: u64,
         limits: Limits,
         reconnect: ReconnectSettings,
-        registry: Addr<Registry>,
+        registry: Sink,
         metrics: SharedMetrics,
     ) -> PbxConn {
         let (tls, reason) = match connect::tls_connector(&settings) {
@@ -129,7 +161,6 @@ impl PbxConn {
         };
         PbxConn {
             generation,
-            ready_version: None,
             tag: ServerTag::new(settings.id, &settings.name, settings.tls),
             backoff: Backoff::from(&reconnect),
             settings,
@@ -148,9 +179,7 @@ impl PbxConn {
             ping_seq: 0,
             ping_outstanding: None,
             goodbye: None,
-            state: PbxState::new(),
-            state_version: 0,
-            snapshot_open: Vec::new(),
+            tracker: StateTracker::default(),
         }
     }
 
@@ -175,7 +204,7 @@ impl PbxConn {
                 status.as_str()
             ),
         }
-        self.registry.do_send(PbxStatusChanged {
+        self.registry.status.do_send(PbxStatusChanged {
             server_id: self.settings.id,
             generation: self.generation,
             status,
@@ -287,7 +316,7 @@ impl PbxConn {
                 self.settings.name
             );
         }
-        self.registry.do_send(PbxStatusChanged {
+        self.registry.status.do_send(PbxStatusChanged {
             server_id: self.settings.id,
             generation: self.generation,
             status: ServerStatus::Connecting,
@@ -389,7 +418,14 @@ impl PbxConn {
                 }
                 None
             }
-            Phase::Connected => self.track_state(p),
+            Phase::Connected => {
+                let p = self.tracker.track(p);
+                if let Some(sample) = self.tracker.take_quality_sample() {
+                    self.metrics.rtcp_mos.observe_value(sample.mos);
+                    self.metrics.rtcp_loss.observe_value(sample.loss_pct);
+                }
+                p
+            }
             _ => None,
         }
     }
@@ -522,7 +558,7 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
                 bytes = 0;
             }
         }
-        let ready = self.ready_version.take();
+        let ready = self.tracker.take_ready();
         if !batch.is_empty() || ready.is_some() {
             self.hand_over_with(ctx, batch, ready);
         }
@@ -550,7 +586,13 @@ impl PbxConn {
             items,
             state_version,
         };
-        ctx.wait(self.registry.send(msg).into_actor(self).map(|_, _, _| ()));
+        ctx.wait(
+            self.registry
+                .packets
+                .send(msg)
+                .into_actor(self)
+                .map(|_, _, _| ()),
+        );
     }
 }
 

@@ -15,7 +15,7 @@ use crate::ami::Action;
 use crate::auth::Rights;
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
-use crate::pbx::{PbxConn, ServerStatus, Shutdown as PbxShutdown};
+use crate::pbx::{PbxConn, PbxHandle, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{encode_status, ServerTag};
 
 /// Start a supervised PBX actor for this server (validated settings) and route for it.
@@ -127,9 +127,20 @@ impl Handler<AddServer> for Registry {
         let (registry, metrics, settings) = (ctx.address(), self.metrics.clone(), s.clone());
         self.next_generation += 1;
         let generation = self.next_generation;
-        let addr = Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
-            PbxConn::new(settings, generation, limits, reconnect, registry, metrics)
-        });
+        let addr = match &self.cluster {
+            Some(cluster) => cluster.mirror(settings, generation, registry, &self.pbx_arbiter),
+            None => Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
+                PbxConn::new(
+                    settings,
+                    generation,
+                    limits,
+                    reconnect,
+                    registry.into(),
+                    metrics,
+                )
+            })
+            .into(),
+        };
         log::info!(
             "server {} ({}): added ({}:{})",
             s.id,
@@ -178,7 +189,7 @@ impl Handler<DropServer> for Registry {
         if let Some(entry) = self.servers.remove(&msg.id) {
             let addr = entry.addr;
             actix::spawn(async move {
-                let _ = addr.send(PbxShutdown).await;
+                let _ = addr.shutdown.send(PbxShutdown).await;
             });
         }
         Ok(())
@@ -268,7 +279,7 @@ impl Registry {
         &self,
         server: u32,
         rights: &Rights,
-    ) -> Result<(Addr<PbxConn>, &'static str), ActionFailure> {
+    ) -> Result<(PbxHandle, &'static str), ActionFailure> {
         let entry = self
             .servers
             .get(&server)
@@ -286,8 +297,9 @@ impl Handler<ServerState> for Registry {
     fn handle(&mut self, msg: ServerState, _ctx: &mut Context<Self>) -> Self::Result {
         let visible = self.visible_pbx(msg.server, &msg.rights);
         Box::pin(async move {
-            let (addr, status) = visible?;
-            let mut v = addr
+            let (pbx, status) = visible?;
+            let mut v = pbx
+                .state
                 .send(crate::pbx::GetState)
                 .await
                 .map_err(|e| ActionFailure::Failed(e.to_string()))?;
@@ -303,8 +315,9 @@ impl Handler<ServerQuality> for Registry {
     fn handle(&mut self, msg: ServerQuality, _ctx: &mut Context<Self>) -> Self::Result {
         let visible = self.visible_pbx(msg.server, &msg.rights);
         Box::pin(async move {
-            let (addr, status) = visible?;
-            let mut v = addr
+            let (pbx, status) = visible?;
+            let mut v = pbx
+                .quality
                 .send(msg.query)
                 .await
                 .map_err(|e| ActionFailure::Failed(e.to_string()))?;

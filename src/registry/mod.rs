@@ -27,7 +27,7 @@ use crate::amisrv::render::{render_packet, render_reply, status_event, IdRewrite
 use crate::auth::Rights;
 use crate::config::{HistorySettings, LimitSettings, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::pbx::{PbxConn, SendAction, ServerStatus, Shutdown as PbxShutdown};
+use crate::pbx::{PbxHandle, SendAction, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{
     encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, with_position,
     ServerTag,
@@ -150,7 +150,7 @@ pub struct Shutdown;
 struct ServerEntry {
     settings: Arc<ServerSettings>,
     tag: ServerTag,
-    addr: Addr<PbxConn>,
+    addr: PbxHandle,
     status: ServerStatus,
     reason: String,
     banner: String,
@@ -177,6 +177,8 @@ pub struct Registry {
     /// After Shutdown, late joiners are closed with 1001 at once.
     shutting_down: bool,
     next_generation: u64,
+    /// Cluster mode: servers are mirrored from the shared store instead of connected here.
+    cluster: Option<crate::cluster::Cluster>,
     history: HistorySettings,
     marks: resume::Marks,
 }
@@ -201,6 +203,7 @@ impl Registry {
             pending: PendingTable::default(),
             shutting_down: false,
             next_generation: 0,
+            cluster: None,
             history: HistorySettings::default(),
             marks: resume::Marks::default(),
         }
@@ -215,6 +218,12 @@ impl Registry {
     /// A fresh history for a server entry (a new epoch).
     fn new_history(&self) -> Box<dyn FrameLog> {
         Box::new(History::new(self.history.clone()))
+    }
+
+    /// Cluster mode: each server's actor is a mirror of the shared stream (SPEC §11).
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::Cluster>) -> Registry {
+        self.cluster = cluster;
+        self
     }
 
     fn reply(&mut self, ctx: &mut Context<Self>, session: u64, frame: ByteString) {
@@ -258,7 +267,9 @@ impl Registry {
             o.frame = with_position(&o.frame, entry.history.epoch(), offset);
         }
         let batch: Arc<[Outgoing]> = batch.into();
-        let slow = self.sessions.broadcast((server, &entry.tag.name), batch.clone());
+        let slow = self
+            .sessions
+            .broadcast((server, &entry.tag.name), batch.clone());
         let now = Instant::now();
         for frame in InBatch::all(&batch) {
             entry.history.append(frame, now);
@@ -451,7 +462,7 @@ impl Registry {
         if server.status != ServerStatus::Connected {
             return Err(ActionFailure::NotConnected(server_id));
         }
-        let addr = server.addr.clone();
+        let addr = server.addr.send.clone();
         if let Some(s) = pending
             .session()
             .and_then(|s| self.sessions.map.get_mut(&s))
@@ -872,7 +883,7 @@ impl Handler<Shutdown> for Registry {
         let logoffs: Vec<_> = self
             .servers
             .values()
-            .map(|s| s.addr.send(PbxShutdown))
+            .map(|s| s.addr.shutdown.send(PbxShutdown))
             .collect();
         Box::pin(async move {
             futures_util::future::join_all(logoffs).await;

@@ -90,6 +90,8 @@ pub struct SimStats {
     pub events_sent: u64,
     pub live_connections: u64,
     pub logged_in: u64,
+    /// The most connections ever logged in at the same time.
+    pub max_logged_in: u64,
 }
 
 /// A flood of `UserEvent: Flood` events on each logged-in connection.
@@ -120,6 +122,7 @@ struct Counters {
     events_sent: AtomicU64,
     live_connections: AtomicU64,
     logged_in: AtomicU64,
+    max_logged_in: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -298,6 +301,7 @@ impl SimPbx {
             events_sent: c.events_sent.load(Relaxed),
             live_connections: c.live_connections.load(Relaxed),
             logged_in: c.logged_in.load(Relaxed),
+            max_logged_in: c.max_logged_in.load(Relaxed),
         }
     }
 

@@ -241,7 +241,8 @@ impl Session {
             }
             self.shared.mask.store(mask, Relaxed);
             if !self.shared.logged_in.swap(true, Relaxed) {
-                inner.stats.logged_in.fetch_add(1, Relaxed);
+                let now = inner.stats.logged_in.fetch_add(1, Relaxed) + 1;
+                inner.stats.max_logged_in.fetch_max(now, Relaxed);
             }
         }
         self.authed = true;

@@ -1,0 +1,483 @@
+//! Cluster mode (SPEC §11) over a real `redis-server` (started here on a free loopback port, no
+//! persistence), several real amihub processes and simulated PBXs that count concurrent logins.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::redis::Redis;
+use support::*;
+
+use amihub::sim::FloodSpec;
+
+const LEASE_MS: u64 = 1000;
+/// What a takeover may take beyond the lease: a lease tick or two and a login.
+const TAKEOVER_SLACK_MS: u64 = 1000;
+
+macro_rules! redis_or_skip {
+    () => {
+        match Redis::start().await {
+            Some(r) => r,
+            None => {
+                eprintln!("SKIP: redis-server is not installed (apt-get install redis-server)");
+                return;
+            }
+        }
+    };
+}
+
+fn node_config(redis: &Redis, node: &str, sims: &[SimPbx]) -> String {
+    let mut c = format!(
+        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{node}\"\nlease_ms = {LEASE_MS}\n\
+         [reconnect]\ninitial_ms = 50\nmax_ms = 500\n",
+        redis.url()
+    );
+    for (i, s) in sims.iter().enumerate() {
+        let id = i as u32 + 1;
+        c.push_str(&server_toml(
+            id,
+            &format!("pbx{id}"),
+            s,
+            "admin",
+            "secret",
+            "",
+        ));
+    }
+    c
+}
+
+async fn sims(n: usize) -> Vec<SimPbx> {
+    let mut out = Vec::new();
+    for i in 1..=n {
+        out.push(sim(&format!("pbx{i}")).await);
+    }
+    out
+}
+
+fn start_nodes(redis: &Redis, names: &[&str], sims: &[SimPbx]) -> Vec<Amihub> {
+    names
+        .iter()
+        .map(|n| Amihub::start(&node_config(redis, n, sims)))
+        .collect()
+}
+
+/// `GET /api/v1/cluster` → server id → owning node.
+async fn owners(hub: &Amihub) -> BTreeMap<u64, String> {
+    let v = hub.get_json("/api/v1/cluster").await;
+    let mut out = BTreeMap::new();
+    for n in v["nodes"].as_array().cloned().unwrap_or_default() {
+        for s in n["servers"].as_array().cloned().unwrap_or_default() {
+            if let (Some(s), Some(id)) = (s.as_u64(), n["node_id"].as_str()) {
+                out.insert(s, id.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Waits until every one of `servers` servers is owned (as `hub` sees it) and `pred` holds.
+async fn wait_owners(
+    hub: &Amihub,
+    servers: u64,
+    pred: impl Fn(&BTreeMap<u64, String>) -> bool,
+) -> BTreeMap<u64, String> {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let o = owners(hub).await;
+        if o.len() as u64 == servers && pred(&o) {
+            return o;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ownership never settled: {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A WebSocket session reading in the background; every frame kept in order.
+struct Watcher {
+    frames: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    async fn start(hub: &Amihub) -> Watcher {
+        let mut client = hub.ws().await;
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let sink = frames.clone();
+        let task = tokio::spawn(async move {
+            while let Some(v) = client.next_json(Duration::from_secs(600)).await {
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Watcher { frames, task }
+    }
+
+    fn frames(&self) -> Vec<Value> {
+        self.frames.lock().unwrap().clone()
+    }
+
+    async fn wait(&self, what: &str, pred: impl Fn(&[Value]) -> bool) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+        loop {
+            if pred(&self.frames()) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never saw {what}; last frames: {:#?}",
+                self.frames().iter().rev().take(8).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn flood_seq(v: &Value, sid: u64) -> Option<u64> {
+    (is_event(v, sid, "UserEvent") && v["data"]["UserEvent"] == "Flood")
+        .then(|| v["data"]["Seq"].as_str()?.parse().ok())
+        .flatten()
+}
+
+/// A fresh AMI connection's `Connected` (not a `state ready`).
+fn is_login(v: &Value, sid: u64) -> bool {
+    is_status(v, sid, "Connected") && v["data"]["Reason"] != "state ready"
+}
+
+/// Flood Seqs per AMI connection (a new `Connected` starts a new one). Panics on a Seq seen
+/// twice or out of order within one connection.
+fn seq_runs(frames: &[Value], sid: u64) -> Vec<Vec<u64>> {
+    let mut runs: Vec<Vec<u64>> = vec![Vec::new()];
+    for v in frames {
+        if is_login(v, sid) {
+            runs.push(Vec::new());
+        } else if let Some(seq) = flood_seq(v, sid) {
+            let run = runs.last_mut().expect("a run");
+            if let Some(last) = run.last() {
+                assert!(
+                    seq > *last,
+                    "server {sid}: Seq {seq} after {last} in one connection (duplicated or reordered)"
+                );
+            }
+            run.push(seq);
+        }
+    }
+    runs
+}
+
+fn floods_since_last_login(frames: &[Value], sid: u64) -> usize {
+    let start = frames.iter().rposition(|v| is_login(v, sid)).unwrap_or(0);
+    frames[start..]
+        .iter()
+        .filter(|v| flood_seq(v, sid).is_some())
+        .count()
+}
+
+fn flood(rate: u64) -> FloodSpec {
+    FloodSpec {
+        rate_per_s: Some(rate),
+        count: None,
+        event_bytes: 200,
+    }
+}
+
+async fn wait_logins(sim: &SimPbx, n: u64) -> Duration {
+    let t = Instant::now();
+    assert!(
+        sim.wait_for(PATIENCE * 2, |s| s.logins_ok >= n).await,
+        "no login #{n}: {:?}",
+        sim.stats()
+    );
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_ten_pbxs_one_login_each_spread_and_a_clean_stop_hands_over_at_once() {
+    let redis = redis_or_skip!();
+    let pbxs = sims(10).await;
+    let mut hubs = start_nodes(&redis, &["a", "b", "c"], &pbxs);
+    let o = wait_owners(&hubs[0], 10, |o| {
+        let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in o.values() {
+            *load.entry(n).or_default() += 1;
+        }
+        load.len() == 3 && load.values().all(|l| (3..=4).contains(l))
+    })
+    .await;
+    for (i, p) in pbxs.iter().enumerate() {
+        assert!(
+            p.wait_for(PATIENCE, |s| s.logged_in == 1).await,
+            "pbx{} not logged in once: {:?}",
+            i + 1,
+            p.stats()
+        );
+    }
+    for hub in &hubs {
+        for id in 1..=10 {
+            hub.wait_status(id, "Connected").await;
+        }
+    }
+    // Watched for three leases: ownership stays put and no PBX ever sees two logins.
+    let until = Instant::now() + Duration::from_millis(3 * LEASE_MS);
+    while Instant::now() < until {
+        for (i, p) in pbxs.iter().enumerate() {
+            assert_eq!(
+                p.stats().max_logged_in,
+                1,
+                "pbx{}: two logins at once",
+                i + 1
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        owners(&hubs[1]).await,
+        o,
+        "nodes disagree or ownership moved"
+    );
+
+    // SIGTERM: c logs off its PBXs and releases them; the others take them without waiting
+    // for the lease to expire.
+    let of_c: Vec<u64> = o
+        .iter()
+        .filter(|(_, n)| *n == "c")
+        .map(|(s, _)| *s)
+        .collect();
+    let before: Vec<u64> = of_c
+        .iter()
+        .map(|s| pbxs[*s as usize - 1].stats().logins_ok)
+        .collect();
+    hubs[2].signal("TERM");
+    assert!(
+        hubs[2].wait_exit_async(PATIENCE).await.is_some(),
+        "c did not exit"
+    );
+    let stopped = Instant::now();
+    for (s, n) in of_c.iter().zip(&before) {
+        wait_logins(&pbxs[*s as usize - 1], n + 1).await;
+    }
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_millis(LEASE_MS),
+        "hand-over after a clean stop took {took:?} (lease {LEASE_MS} ms)"
+    );
+    let after = wait_owners(&hubs[0], 10, |o| o.values().all(|n| n != "c")).await;
+    assert!(after.values().any(|n| n == "a") && after.values().any(|n| n == "b"));
+    for (i, p) in pbxs.iter().enumerate() {
+        assert_eq!(
+            p.stats().max_logged_in,
+            1,
+            "pbx{}: two logins at once",
+            i + 1
+        );
+    }
+    eprintln!("clean stop: {} PBX(s) taken over in {took:?}", of_c.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_an_owner_mid_flood_is_taken_over_within_the_lease_and_a_login() {
+    let redis = redis_or_skip!();
+    let pbxs = sims(3).await;
+    let mut hubs = start_nodes(&redis, &["a", "b", "c"], &pbxs);
+    let o = wait_owners(&hubs[0], 3, |o| {
+        o.values().collect::<BTreeSet<_>>().len() == 3
+    })
+    .await;
+    let owner = ["a", "b", "c"]
+        .iter()
+        .position(|n| o[&1] == *n)
+        .expect("owner of pbx1");
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let mut watchers = Vec::new();
+    for i in &others {
+        hubs[*i].wait_status(1, "Connected").await;
+        watchers.push(Watcher::start(&hubs[*i]).await);
+    }
+    let pbx = &pbxs[0];
+    pbx.flood(flood(2000));
+    for w in &watchers {
+        w.wait("500 flood events", |f| floods_since_last_login(f, 1) >= 500)
+            .await;
+    }
+    let logins = pbx.stats().logins_ok;
+    hubs[owner].signal("KILL");
+    assert!(hubs[owner].wait_exit_async(PATIENCE).await.is_some());
+    let took = wait_logins(pbx, logins + 1).await;
+    assert!(
+        took < Duration::from_millis(LEASE_MS + TAKEOVER_SLACK_MS),
+        "takeover took {took:?}"
+    );
+    pbx.flood(flood(2000));
+    for w in &watchers {
+        w.wait("Disconnected, then Connected, then 300 events", |f| {
+            let down = f.iter().rposition(|v| is_status(v, 1, "Disconnected"));
+            let up = f.iter().rposition(|v| is_login(v, 1));
+            matches!((down, up), (Some(d), Some(u)) if u > d)
+                && floods_since_last_login(f, 1) >= 300
+        })
+        .await;
+        let runs = seq_runs(&w.frames(), 1);
+        assert!(
+            runs.iter().filter(|r| !r.is_empty()).count() >= 2,
+            "{runs:?}"
+        );
+    }
+    assert_eq!(pbx.stats().max_logged_in, 1, "two logins at once");
+    eprintln!("kill -9: takeover (lease expiry + login) in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_never_publishes_again() {
+    let redis = redis_or_skip!();
+    let pbxs = sims(3).await;
+    let hubs = start_nodes(&redis, &["a", "b", "c"], &pbxs);
+    let o = wait_owners(&hubs[0], 3, |o| {
+        o.values().collect::<BTreeSet<_>>().len() == 3
+    })
+    .await;
+    let owner = ["a", "b", "c"]
+        .iter()
+        .position(|n| o[&1] == *n)
+        .expect("owner of pbx1");
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let mut watchers = Vec::new();
+    for i in &others {
+        hubs[*i].wait_status(1, "Connected").await;
+        watchers.push(Watcher::start(&hubs[*i]).await);
+    }
+    let pbx = &pbxs[0];
+    pbx.flood(flood(1000));
+    for w in &watchers {
+        w.wait("300 flood events", |f| floods_since_last_login(f, 1) >= 300)
+            .await;
+    }
+    let logins = pbx.stats().logins_ok;
+    hubs[owner].signal("STOP");
+    let took = wait_logins(pbx, logins + 1).await;
+    assert!(
+        took < Duration::from_millis(LEASE_MS + TAKEOVER_SLACK_MS),
+        "takeover took {took:?}"
+    );
+    // Both connections flood now: the new owner's, and the paused one's, which it will read
+    // (with Seqs from 1 again) once it runs.
+    pbx.flood(flood(1000));
+    for w in &watchers {
+        w.wait("300 events from the new owner", |f| {
+            floods_since_last_login(f, 1) >= 300
+        })
+        .await;
+    }
+    hubs[owner].signal("CONT");
+    assert!(
+        pbx.wait_for(PATIENCE, |s| s.logged_in == 1).await,
+        "the paused owner kept its AMI connection: {:?}",
+        pbx.stats()
+    );
+    // Long enough for anything it read to have come through, had it been published.
+    let marks: Vec<usize> = watchers.iter().map(|w| w.frames().len()).collect();
+    for (w, mark) in watchers.iter().zip(&marks) {
+        w.wait("300 more events", |f| {
+            f[*mark..]
+                .iter()
+                .filter(|v| flood_seq(v, 1).is_some())
+                .count()
+                >= 300
+        })
+        .await;
+        let runs = seq_runs(&w.frames(), 1);
+        assert!(
+            runs.iter().filter(|r| !r.is_empty()).count() >= 2,
+            "{runs:?}"
+        );
+    }
+    let stale = hubs[owner].lines();
+    assert!(
+        stale
+            .iter()
+            .any(|l| l.contains("lost lease") || l.contains("fenced off")),
+        "the paused owner never noticed: {stale:#?}"
+    );
+}
+
+/// Each action's own response (by what it answers), carrying `id`.
+fn answers(v: &Value, action: &str) -> bool {
+    let d = &v["data"];
+    match action {
+        "Ping" => d["Ping"] == "Pong",
+        "CoreStatus" => d.get("CoreCurrentCalls").is_some(),
+        "CoreSettings" => d.get("AsteriskVersion").is_some(),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_from_every_node_reach_the_owner_and_reply_only_to_their_session() {
+    let redis = redis_or_skip!();
+    let pbxs = sims(1).await;
+    let hubs = start_nodes(&redis, &["a", "b", "c"], &pbxs);
+    wait_owners(&hubs[0], 1, |_| true).await;
+    let mut clients = Vec::new();
+    for h in &hubs {
+        h.wait_status(1, "Connected").await;
+        clients.push(h.ws().await);
+    }
+    // One ActionID for all three sessions on three nodes; each sends a different action.
+    let actions = ["Ping", "CoreStatus", "CoreSettings"];
+    for (c, a) in clients.iter_mut().zip(actions) {
+        c.send_json(json!({"Action": a, "AMIServerID": 1, "ActionID": "same"}))
+            .await;
+    }
+    for (c, a) in clients.iter_mut().zip(actions) {
+        let r = c
+            .wait_for("its response", |v| {
+                v["type"] == 4 && v["data"]["ActionID"] == "same"
+            })
+            .await;
+        assert!(answers(&r, a), "{a} got someone else's reply: {r}");
+    }
+    // A second round trip each: a misrouted reply would have arrived before it.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = format!("fence-{i}");
+        c.send_json(json!({"Action": "Ping", "AMIServerID": 1, "ActionID": id}))
+            .await;
+        c.wait_for("the fence reply", |v| v["data"]["ActionID"] == id.as_str())
+            .await;
+        let same: Vec<&Value> = c
+            .seen
+            .iter()
+            .filter(|v| v["data"]["ActionID"] == "same")
+            .collect();
+        assert_eq!(same.len(), 1, "node {i} saw: {same:#?}");
+        let foreign = c.seen.iter().any(|v| {
+            v["data"]["ActionID"]
+                .as_str()
+                .is_some_and(|x| x.starts_with("fence-") && x != id)
+        });
+        assert!(!foreign, "node {i} saw another session's reply");
+    }
+    // The HTTP API on every node, whoever owns the PBX.
+    for h in &hubs {
+        let (status, body) = h
+            .http(
+                "POST",
+                "/api/v1/servers/1/actions",
+                &[("Content-Type", "application/json")],
+                r#"{"Action":"Ping"}"#,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["response"]["Ping"], "Pong", "{v}");
+    }
+    assert_eq!(pbxs[0].stats().max_logged_in, 1);
+}

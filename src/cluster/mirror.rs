@@ -1,0 +1,215 @@
+//! A PBX as every cluster node serves it: the registry's actor for a server in cluster mode.
+//! It is fed the server's stream (by the reader), keeps the live state from it, hands packets
+//! and statuses to the registry exactly as a PBX connection would, and forwards the actions
+//! the registry gives it to the owner through Redis. It never talks to the PBX.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::node::{Node, Untrack};
+use super::store::Store;
+use super::wire::{encode_action, Entry, Item};
+use crate::ami::Action;
+use crate::config::ServerSettings;
+use crate::pbx::{
+    GetQuality, GetState, PbxError, SendAction, ServerStatus, Shutdown, StateTracker,
+};
+use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
+use crate::ws::protocol::{encode_packet, ServerTag};
+
+/// How long an action waits for a server that has no owner (a takeover in progress).
+const OWNER_WAIT: Duration = Duration::from_secs(2);
+
+/// Stream entries for this server, in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Feed {
+    pub entries: Vec<Entry>,
+}
+
+pub struct Mirror {
+    pub settings: Arc<ServerSettings>,
+    pub generation: u64,
+    pub tag: ServerTag,
+    pub registry: Addr<Registry>,
+    pub store: Arc<Store>,
+    pub node: Addr<Node>,
+    pub tracker: StateTracker,
+    pub connected: bool,
+}
+
+impl Actor for Mirror {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.node.do_send(Untrack {
+            server: self.settings.id,
+            generation: self.generation,
+        });
+    }
+}
+
+/// Sends `action` to the owner of `server`, waiting up to OWNER_WAIT while it has none.
+async fn forward(store: Arc<Store>, server: u32, action: Action) -> Result<(), PbxError> {
+    action.to_bytes()?;
+    let data = encode_action(&action);
+    let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+    loop {
+        match store.request(server, &data).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(None) => {
+                return Err(PbxError::Cluster {
+                    server_id: server,
+                    message: "no cluster node owns this server right now (owner changing)".into(),
+                })
+            }
+            Err(e) => {
+                return Err(PbxError::Cluster {
+                    server_id: server,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+impl Mirror {
+    fn packets(&self, items: Vec<Inbound>, state_version: Option<u64>) -> PbxPackets {
+        PbxPackets {
+            server_id: self.settings.id,
+            generation: self.generation,
+            items,
+            state_version,
+        }
+    }
+
+    fn on_status(&mut self, ctx: &mut Context<Self>, status: ServerStatus, reason: String) {
+        let was = self.connected;
+        self.connected = status == ServerStatus::Connected;
+        if self.connected && !was {
+            let (store, server) = (self.store.clone(), self.settings.id);
+            let actions = self.tracker.start();
+            ctx.spawn(
+                async move {
+                    for a in actions {
+                        if let Err(e) = forward(store.clone(), server, a).await {
+                            log::warn!("server {server}: state snapshot not requested: {e}");
+                            break;
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+        } else if !self.connected {
+            self.tracker.abandon();
+        }
+        self.registry.do_send(PbxStatusChanged {
+            server_id: self.settings.id,
+            generation: self.generation,
+            status,
+            reason,
+            banner: None,
+            state_version: None,
+        });
+    }
+}
+
+impl Handler<Feed> for Mirror {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Feed, ctx: &mut Context<Self>) -> Self::Result {
+        let mut batch: Vec<Inbound> = Vec::new();
+        for entry in msg.entries {
+            match entry.item {
+                Item::Packet(p) => {
+                    if let Some(p) = self.tracker.track(p) {
+                        let json = p
+                            .action_id()
+                            .is_none()
+                            .then(|| encode_packet(&self.tag, &p, None));
+                        batch.push(Inbound { packet: p, json });
+                    }
+                    if let Some(v) = self.tracker.take_ready() {
+                        let items = std::mem::take(&mut batch);
+                        self.registry.do_send(self.packets(items, Some(v)));
+                    }
+                }
+                Item::Status { status, reason } => {
+                    if !batch.is_empty() {
+                        let items = std::mem::take(&mut batch);
+                        self.registry.do_send(self.packets(items, None));
+                    }
+                    self.on_status(ctx, status, reason);
+                }
+                Item::Banner(banner) => {
+                    if !batch.is_empty() {
+                        let items = std::mem::take(&mut batch);
+                        self.registry.do_send(self.packets(items, None));
+                    }
+                    self.registry.do_send(PbxStatusChanged {
+                        server_id: self.settings.id,
+                        generation: self.generation,
+                        status: ServerStatus::Connecting,
+                        reason: "logging in".into(),
+                        banner: Some(banner),
+                        state_version: None,
+                    });
+                }
+            }
+        }
+        // The last batch is awaited: while the registry is congested, the reader waits here.
+        let last = self.registry.send(self.packets(batch, None));
+        Box::pin(async move {
+            let _ = last.await;
+        })
+    }
+}
+
+impl Handler<SendAction> for Mirror {
+    type Result = ResponseFuture<Result<(), PbxError>>;
+
+    fn handle(&mut self, msg: SendAction, _ctx: &mut Context<Self>) -> Self::Result {
+        let server = self.settings.id;
+        if !self.connected {
+            return Box::pin(async move { Err(PbxError::NotConnected { server_id: server }) });
+        }
+        Box::pin(forward(self.store.clone(), server, msg.action))
+    }
+}
+
+impl Handler<GetState> for Mirror {
+    type Result = MessageResult<GetState>;
+
+    fn handle(&mut self, _: GetState, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.tracker
+                .json(self.settings.id, &self.settings.name, self.connected),
+        )
+    }
+}
+
+impl Handler<GetQuality> for Mirror {
+    type Result = MessageResult<GetQuality>;
+
+    fn handle(&mut self, msg: GetQuality, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.tracker.quality(
+            self.settings.id,
+            &self.settings.name,
+            self.connected,
+            &msg,
+        ))
+    }
+}
+
+impl Handler<Shutdown> for Mirror {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
