@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -19,8 +19,8 @@ use super::reply::{own_reply, wait_event};
 use super::request::AjamRequest;
 use super::sessions::EventQueue;
 use crate::ami::Action;
-use crate::amisrv::login;
 use crate::amisrv::render::{parse_rendered, render_reply};
+use crate::amisrv::{local, login};
 use crate::auth::{ActionRefused, AmiUser};
 use crate::config::{AjamSettings, LimitSettings};
 use crate::http::{ActionBudget, ActionSlot, BudgetError};
@@ -209,21 +209,7 @@ impl AjamSession {
             "waitevent" => return self.wait(&r.action, id, reply, ctx),
             "events" => self.events(&r.action, id),
             "filter" => self.add_filter(&r.action, id),
-            "ping" if r.server.is_none() => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                let stamp = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
-                Answer::ok(&*render_reply(
-                    &[
-                        ("Response", "Success"),
-                        ("Ping", "Pong"),
-                        ("Timestamp", &stamp),
-                    ],
-                    id,
-                    None,
-                ))
-            }
+            "ping" if r.server.is_none() => Answer::ok(&*local::pong(id)),
             _ => return self.forward(r, reply),
         };
         let _ = reply.send(answer);
@@ -231,48 +217,26 @@ impl AjamSession {
 
     /// `action=Events&EventMask=…`: on, off or a class list, as Asterisk.
     fn events(&mut self, action: &Action, id: Option<&str>) -> Answer {
-        self.subscription
-            .set_event_mask(action.get("EventMask").unwrap_or("off"));
+        let reply = local::events(&mut self.subscription, action.get("EventMask"), id);
         self.resubscribe();
-        let state = if self.subscription.events_off() {
-            "Off"
-        } else {
-            "On"
-        };
-        Answer::ok(&*render_reply(
-            &[("Response", "Success"), ("Events", state)],
-            id,
-            None,
-        ))
+        Answer::ok(&*reply)
     }
 
     /// `action=Filter&Operation=Add&Filter=[!]Header: regex`, Asterisk's eventfilter.
     fn add_filter(&mut self, action: &Action, id: Option<&str>) -> Answer {
-        let op = action.get("Operation").unwrap_or("Add");
-        let Some(filter) = action
-            .get("Filter")
-            .filter(|_| op.eq_ignore_ascii_case("add"))
-        else {
-            return self.error(id, "Filter needs Operation: Add and a Filter");
-        };
-        let mut filters = self.filters.clone();
-        filters.push(filter.to_string());
-        match Subscription::new(None, None, filters.clone()) {
-            Ok(mut next) => {
-                next.classes = self.subscription.classes.take();
-                self.subscription = next;
-                self.filters = filters;
+        let (operation, filter) = (action.get("Operation"), action.get("Filter"));
+        match local::add_filter(
+            &mut self.subscription,
+            &mut self.filters,
+            operation,
+            filter,
+            id,
+        ) {
+            Ok(reply) => {
                 self.resubscribe();
-                Answer::ok(&*render_reply(
-                    &[
-                        ("Response", "Success"),
-                        ("Message", "Filter Added Successfully"),
-                    ],
-                    id,
-                    None,
-                ))
+                Answer::ok(&*reply)
             }
-            Err(e) => self.error(id, &format!("Filter: {e}")),
+            Err(message) => self.error(id, &message),
         }
     }
 

@@ -10,6 +10,7 @@
 //! PBX actor, only to the registry.
 
 pub mod listener;
+pub mod local;
 pub mod login;
 mod proxy;
 pub mod render;

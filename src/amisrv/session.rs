@@ -7,12 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::mpsc;
 
+use super::local;
 use super::login::{self, PreLogin, Step};
 use super::render::render_reply;
 use super::writer::{Out, WriterEnd};
@@ -166,37 +167,13 @@ impl AmiSession {
             }
             "login" | "challenge" => self.relogin(&p, id),
             "events" => {
-                self.subscription
-                    .set_event_mask(p.get("EventMask").unwrap_or("off"));
+                let reply = local::events(&mut self.subscription, p.get("EventMask"), id);
                 self.resubscribe();
-                let state = if self.subscription.events_off() {
-                    "Off"
-                } else {
-                    "On"
-                };
-                self.write(render_reply(
-                    &[("Response", "Success"), ("Events", state)],
-                    id,
-                    None,
-                ));
+                self.write(reply);
             }
             "filter" => self.add_filter(&p, id),
             "proxy" | "proxyaction" => self.on_proxy(&p, ctx),
-            "ping" if p.get("Server").is_none() => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                let stamp = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
-                self.write(render_reply(
-                    &[
-                        ("Response", "Success"),
-                        ("Ping", "Pong"),
-                        ("Timestamp", &stamp),
-                    ],
-                    id,
-                    None,
-                ));
-            }
+            "ping" if p.get("Server").is_none() => self.write(local::pong(id)),
             _ => self.forward(&p, &name, id),
         }
     }
@@ -225,28 +202,19 @@ impl AmiSession {
 
     /// `Action: Filter` (`Operation: Add`, `Filter: [!]Header: regex`), Asterisk's eventfilter.
     fn add_filter(&mut self, p: &Packet, id: Option<&str>) {
-        let op = p.get("Operation").unwrap_or("Add");
-        let Some(filter) = p.get("Filter").filter(|_| op.eq_ignore_ascii_case("add")) else {
-            return self.error(id, "Filter needs Operation: Add and a Filter");
-        };
-        let mut filters = self.filters.clone();
-        filters.push(filter.to_string());
-        match Subscription::new(None, None, filters.clone()) {
-            Ok(mut next) => {
-                next.classes = self.subscription.classes.take();
-                self.subscription = next;
-                self.filters = filters;
+        let (operation, filter) = (p.get("Operation"), p.get("Filter"));
+        match local::add_filter(
+            &mut self.subscription,
+            &mut self.filters,
+            operation,
+            filter,
+            id,
+        ) {
+            Ok(reply) => {
                 self.resubscribe();
-                self.write(render_reply(
-                    &[
-                        ("Response", "Success"),
-                        ("Message", "Filter Added Successfully"),
-                    ],
-                    id,
-                    None,
-                ));
+                self.write(reply);
             }
-            Err(e) => self.error(id, &format!("Filter: {e}")),
+            Err(message) => self.error(id, &message),
         }
     }
 
