@@ -284,11 +284,13 @@ async fn three_nodes_ten_pbxs_one_login_each_spread_and_a_clean_stop_hands_over_
     eprintln!("clean stop: {} PBX(s) taken over in {took:?}", of_c.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_an_owner_mid_flood_is_taken_over_within_the_lease_and_a_login() {
-    let redis = redis_or_skip!();
+/// Three nodes over three PBXs, one owned by each node; returns pbx1's owner (an index into the
+/// nodes) and a watcher on each other node, started once that node sees pbx1 connected.
+async fn pbx1_watched_from_the_other_nodes(
+    redis: &Redis,
+) -> (Vec<SimPbx>, Vec<Amihub>, usize, Vec<Watcher>) {
     let pbxs = sims(3).await;
-    let mut hubs = start_nodes(&redis, &["a", "b", "c"], &pbxs);
+    let hubs = start_nodes(redis, &["a", "b", "c"], &pbxs);
     let o = wait_owners(&hubs[0], 3, |o| {
         o.values().collect::<BTreeSet<_>>().len() == 3
     })
@@ -297,12 +299,18 @@ async fn kill_9_of_an_owner_mid_flood_is_taken_over_within_the_lease_and_a_login
         .iter()
         .position(|n| o[&1] == *n)
         .expect("owner of pbx1");
-    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
     let mut watchers = Vec::new();
-    for i in &others {
-        hubs[*i].wait_status(1, "Connected").await;
-        watchers.push(Watcher::start(&hubs[*i]).await);
+    for i in (0..3).filter(|i| *i != owner) {
+        hubs[i].wait_status(1, "Connected").await;
+        watchers.push(Watcher::start(&hubs[i]).await);
     }
+    (pbxs, hubs, owner, watchers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_an_owner_mid_flood_is_taken_over_within_the_lease_and_a_login() {
+    let redis = redis_or_skip!();
+    let (pbxs, mut hubs, owner, watchers) = pbx1_watched_from_the_other_nodes(&redis).await;
     let pbx = &pbxs[0];
     pbx.flood(flood(2000));
     for w in &watchers {
@@ -339,22 +347,7 @@ async fn kill_9_of_an_owner_mid_flood_is_taken_over_within_the_lease_and_a_login
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_paused_past_its_lease_never_publishes_again() {
     let redis = redis_or_skip!();
-    let pbxs = sims(3).await;
-    let hubs = start_nodes(&redis, &["a", "b", "c"], &pbxs);
-    let o = wait_owners(&hubs[0], 3, |o| {
-        o.values().collect::<BTreeSet<_>>().len() == 3
-    })
-    .await;
-    let owner = ["a", "b", "c"]
-        .iter()
-        .position(|n| o[&1] == *n)
-        .expect("owner of pbx1");
-    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
-    let mut watchers = Vec::new();
-    for i in &others {
-        hubs[*i].wait_status(1, "Connected").await;
-        watchers.push(Watcher::start(&hubs[*i]).await);
-    }
+    let (pbxs, hubs, owner, watchers) = pbx1_watched_from_the_other_nodes(&redis).await;
     let pbx = &pbxs[0];
     pbx.flood(flood(1000));
     for w in &watchers {
