@@ -157,14 +157,19 @@ fn bench(c: &mut Criterion) {
     let mut h = History::new(settings());
     keep(&mut h, outgoing(&tag, &packets), Instant::now());
     let epoch = h.epoch().to_string();
-    // The registry's replay: the frames after an offset, filtered per session, as one batch.
+    // The registry's replay: the frames after an offset, filtered per session (each packet
+    // read back from its JSON), as one batch.
     g.bench_function("replay_10000_to_one_session", |b| {
         b.iter(|| {
             let kept = h.since(&epoch, 0).unwrap_or_default();
             let frames: Vec<ByteString> = kept
                 .into_iter()
-                .filter(|o| o.packet.as_ref().and_then(|p| p.event()) != Some("VarSet"))
-                .map(|o| o.frame.clone())
+                .filter(|k| {
+                    k.outgoing().is_some_and(|o| {
+                        o.packet.as_ref().and_then(|p| p.event()) != Some("VarSet")
+                    })
+                })
+                .map(|k| k.frame().clone())
                 .collect();
             black_box(frames.len())
         })

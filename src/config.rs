@@ -46,6 +46,8 @@ pub struct Settings {
     #[serde(default)]
     pub history: HistorySettings,
     #[serde(default)]
+    pub fanout: FanoutSettings,
+    #[serde(default)]
     pub servers: Vec<ServerSettings>,
     #[serde(default)]
     pub users: Vec<UserSettings>,
@@ -346,6 +348,28 @@ impl Default for HistorySettings {
             max_frames: 10_000,
             max_age_s: 300,
             max_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Write coalescing of the broadcast fan-out: a server's frames are held for at most
+/// `flush_interval_ms` (or until `flush_bytes` are held) and go to every session as one batch,
+/// one socket write each. 0 = off (every PBX read is fanned out at once).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutSettings {
+    pub flush_interval_ms: u64,
+    pub flush_bytes: usize,
+}
+
+/// Longest write delay the configuration accepts.
+pub const MAX_FLUSH_INTERVAL_MS: u64 = 100;
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        FanoutSettings {
+            flush_interval_ms: 2,
+            flush_bytes: 64 << 10,
         }
     }
 }
@@ -651,6 +675,12 @@ impl Settings {
         if h.max_frames == 0 || h.max_age_s == 0 || h.max_bytes < 4096 {
             problems
                 .push("history: need max_frames >= 1, max_age_s >= 1, max_bytes >= 4096".into());
+        }
+        let f = &self.fanout;
+        if f.flush_interval_ms > MAX_FLUSH_INTERVAL_MS || f.flush_bytes < 1024 {
+            problems.push(format!(
+                "fanout: need flush_interval_ms <= {MAX_FLUSH_INTERVAL_MS} and flush_bytes >= 1024"
+            ));
         }
         let a = &self.ami;
         if a.max_line_bytes < 1024 || a.max_packet_bytes < a.max_line_bytes || a.max_headers < 16 {

@@ -68,6 +68,7 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     )
     .with_cluster(cluster.clone())
     .with_history(settings.history.clone())
+    .with_fanout(settings.fanout.clone())
     .start();
     for server in settings.servers.iter().filter(|s| s.enabled) {
         registry.do_send(AddServer {

@@ -159,7 +159,7 @@ pub struct Selection {
 
 impl Selection {
     /// Whether this session receives everything from a server it may see.
-    fn takes_all(&self) -> bool {
+    pub(super) fn takes_all(&self) -> bool {
         self.rights.events.is_all() && self.subscription.as_ref().is_none_or(|s| s.events_all())
     }
 

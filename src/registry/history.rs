@@ -1,6 +1,9 @@
 //! The bounded history of one server's broadcast frames (SPEC §10): each frame's position
-//! (`epoch`, `offset`), the frames themselves as already rendered (shared with the live fan-out,
-//! never serialised again) and the parsed packet that per-session filtering looks at on replay.
+//! (`epoch`, `offset`) and the frame itself as already rendered (the very bytes of the live
+//! fan-out, shared, never serialised again). The parsed packet that per-session filtering looks
+//! at on replay is not kept: it is read back from the frame's JSON `data` when a session that
+//! filters resumes (a resume is rare, a frame kept is not), except for the few packets whose
+//! JSON does not give their headers back as they were (raw lines, a restored ActionID).
 //!
 //! Pure state with no I/O and no actors; it knows neither sessions nor rights. [`FrameLog`] is
 //! the whole interface the registry uses, so a shared store (a Redis Stream per PBX in cluster
@@ -9,6 +12,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
+use serde_json::Value;
+
+use crate::ami::Packet;
 use crate::config::HistorySettings;
 
 use super::fanout::{InBatch, Outgoing};
@@ -48,16 +55,89 @@ pub trait FrameLog {
     /// Keeps a broadcast frame, already stamped with offset `newest() + 1`; returns that offset.
     fn append(&mut self, frame: InBatch, now: Instant) -> u64;
     /// Every kept frame after `offset` of `epoch`, oldest first; a gap if some are gone.
-    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<&Outgoing>, Gap>;
+    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<&Kept>, Gap>;
     /// Drops frames older than the age bound.
     fn expire(&mut self, now: Instant);
     fn usage(&self) -> Usage;
 }
 
-struct Kept {
+/// One kept frame: its bytes, and what replay filtering needs to look inside it.
+pub struct Kept {
     at: Instant,
     bytes: usize,
-    frame: InBatch,
+    frame: ByteString,
+    source: Source,
+}
+
+/// Where a kept frame's packet comes from on replay.
+enum Source {
+    /// amihub's own frame (a status, a banner): no packet.
+    Notice,
+    /// A PBX packet whose headers are the frame's JSON `data`, read back on replay.
+    Json,
+    /// A packet its JSON does not render as is (raw lines, a restored ActionID): kept whole.
+    Packet(Packet),
+}
+
+impl Kept {
+    fn new(o: &Outgoing, at: Instant) -> Kept {
+        let source = match &o.packet {
+            None => Source::Notice,
+            Some(p) if o.action_id.is_none() && p.raw_lines().next().is_none() => Source::Json,
+            Some(p) => Source::Packet(p.clone()),
+        };
+        let packet = match &source {
+            Source::Packet(p) => p.heap_bytes(),
+            _ => 0,
+        };
+        Kept {
+            at,
+            bytes: std::mem::size_of::<Kept>() + o.frame.len() + packet,
+            frame: o.frame.clone(),
+            source,
+        }
+    }
+
+    /// The frame as it was written to sessions.
+    pub fn frame(&self) -> &ByteString {
+        &self.frame
+    }
+
+    /// The frame as the live fan-out had it, for a session's selection to look at; None if its
+    /// packet cannot be read back (never for frames amihub rendered; such a frame is skipped).
+    pub fn outgoing(&self) -> Option<Outgoing> {
+        let packet = match &self.source {
+            Source::Notice => return Some(Outgoing::notice(self.frame.clone(), None)),
+            Source::Packet(p) => p.clone(),
+            Source::Json => packet_of(&self.frame)?,
+        };
+        Some(Outgoing::packet(self.frame.clone(), packet, None))
+    }
+}
+
+/// The packet of a broadcast frame, from its JSON `data`: each key with its value, or one
+/// header per element of an array (how repeated headers are rendered).
+fn packet_of(frame: &str) -> Option<Packet> {
+    let Ok(Value::Object(mut top)) = serde_json::from_str::<Value>(frame) else {
+        return None;
+    };
+    let Some(Value::Object(data)) = top.remove("data") else {
+        return None;
+    };
+    let mut headers = Vec::with_capacity(data.len());
+    for (name, value) in data {
+        match value {
+            Value::String(v) => headers.push((name, v)),
+            Value::Array(values) => {
+                for v in values {
+                    let Value::String(v) = v else { return None };
+                    headers.push((name.clone(), v));
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(Packet::from_headers(headers))
 }
 
 /// One node's in-memory window for one server, bounded by frames, age and bytes.
@@ -73,16 +153,6 @@ pub struct History {
 /// A fresh epoch: 64 random bits in hex (URL-safe, so it travels in `?resume=` as is).
 pub fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
-}
-
-/// What one kept frame costs: the rendered frame, the packet's heap and the entry itself.
-fn cost(o: &Outgoing) -> usize {
-    let packet = |p: &Option<crate::ami::Packet>| p.as_ref().map_or(0, |p| p.heap_bytes());
-    std::mem::size_of::<Kept>()
-        + o.frame.len()
-        + packet(&o.packet)
-        + packet(&o.ami_notice)
-        + o.action_id.as_ref().map_or(0, |a| a.capacity())
 }
 
 impl History {
@@ -118,13 +188,9 @@ impl FrameLog for History {
     }
 
     fn append(&mut self, frame: InBatch, now: Instant) -> u64 {
-        let bytes = cost(&frame);
-        self.kept.push_back(Kept {
-            at: now,
-            bytes,
-            frame,
-        });
-        self.bytes += bytes;
+        let kept = Kept::new(&frame, now);
+        self.bytes += kept.bytes;
+        self.kept.push_back(kept);
         // The newest frame always stays, even one larger than the byte bound on its own: the
         // offset sequence never skips, and the next append evicts it.
         while self.kept.len() > 1
@@ -136,7 +202,7 @@ impl FrameLog for History {
         self.newest()
     }
 
-    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<&Outgoing>, Gap> {
+    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<&Kept>, Gap> {
         if epoch != self.epoch {
             return Err(Gap::Epoch {
                 asked: epoch.to_string(),
@@ -158,7 +224,7 @@ impl FrameLog for History {
             });
         }
         let skip = (offset + 1 - self.first) as usize;
-        Ok(self.kept.iter().skip(skip).map(|k| &*k.frame).collect())
+        Ok(self.kept.iter().skip(skip).collect())
     }
 
     fn expire(&mut self, now: Instant) {
@@ -201,8 +267,13 @@ mod tests {
         h.since(h.epoch(), since)
             .expect("covered")
             .iter()
-            .map(|o| o.frame.to_string())
+            .map(|k| k.frame().to_string())
             .collect()
+    }
+
+    /// Kept size of a frame of the tests.
+    fn cost(o: Outgoing) -> usize {
+        Kept::new(&o, Instant::now()).bytes
     }
 
     #[test]
@@ -249,7 +320,7 @@ mod tests {
 
     #[test]
     fn byte_bound_holds_and_bytes_are_accounted_back() {
-        let one = cost(&frame(1));
+        let one = cost(frame(1));
         let mut h = History::new(settings(1000, 300, one * 4 + one / 2));
         let now = Instant::now();
         for n in 1..=20 {
@@ -295,5 +366,75 @@ mod tests {
         let other = History::new(settings(10, 300, 1 << 20));
         assert_ne!(h.epoch(), other.epoch());
         assert!(matches!(h.since(other.epoch(), 0), Err(Gap::Epoch { .. })));
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use crate::ws::protocol::{encode_packet, with_position, ServerTag};
+
+    fn packet(lines: &[(&str, &str)]) -> Packet {
+        Packet::from_headers(lines.iter().copied())
+    }
+
+    fn kept(o: Outgoing) -> Kept {
+        Kept::new(&o, Instant::now())
+    }
+
+    fn headers(p: &Packet) -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = p
+            .headers()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        h.sort();
+        h
+    }
+
+    #[test]
+    fn a_packet_is_read_back_from_its_frame_with_every_header() {
+        let tag = ServerTag::new(3, "pbx \"one\"", false);
+        let p = packet(&[
+            ("Event", "Newchannel"),
+            ("Privilege", "call,all"),
+            ("Channel", "PJSIP/100-0000001\t\"quoted\"\\"),
+            ("ChanVariable", "A=1"),
+            ("Exten", "200"),
+            ("ChanVariable", "B=2"),
+            ("Empty", ""),
+        ]);
+        let frame = with_position(&encode_packet(&tag, &p, None), "0123456789abcdef", 7);
+        let k = kept(Outgoing::packet(frame.clone(), p.clone(), None));
+        assert!(matches!(k.source, Source::Json));
+        let back = k.outgoing().expect("read back");
+        assert_eq!(back.frame, frame);
+        let back = back.packet.expect("a packet");
+        assert_eq!(headers(&back), headers(&p));
+        assert_eq!(back.event(), Some("Newchannel"));
+        // What is kept is the frame alone, not the packet.
+        assert_eq!(k.bytes, std::mem::size_of::<Kept>() + frame.len());
+    }
+
+    #[test]
+    fn packets_their_json_does_not_render_as_is_are_kept_whole() {
+        let tag = ServerTag::new(1, "pbx1", false);
+        let p = packet(&[("Event", "UserEvent"), ("ActionID", "amihub-1-9")]);
+        let frame = encode_packet(&tag, &p, Some("mine"));
+        let k = kept(Outgoing::packet(frame, p.clone(), Some("mine".into())));
+        assert!(matches!(k.source, Source::Packet(_)));
+        let back = k.outgoing().and_then(|o| o.packet).expect("kept");
+        assert_eq!(back.action_id(), Some("amihub-1-9"));
+    }
+
+    #[test]
+    fn notices_stay_notices_and_unreadable_frames_are_none() {
+        let k = kept(Outgoing::notice(
+            ByteString::from_static("{\"type\":7}"),
+            None,
+        ));
+        assert!(k.outgoing().is_some_and(|o| o.packet.is_none()));
+        let mut broken = kept(Outgoing::notice(ByteString::from_static("{"), None));
+        broken.source = Source::Json;
+        assert!(broken.outgoing().is_none());
     }
 }

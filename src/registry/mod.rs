@@ -7,6 +7,7 @@
 //! counted and a session past its bound is cut loose (4008 on the WebSocket).
 
 mod admin;
+mod coalesce;
 pub mod fanout;
 pub mod history;
 pub mod pending;
@@ -25,7 +26,9 @@ use bytestring::ByteString;
 use crate::ami::{Action, Limits, Packet};
 use crate::amisrv::render::{render_packet, render_reply, status_event, IdRewrite};
 use crate::auth::Rights;
-use crate::config::{HistorySettings, LimitSettings, ReconnectSettings, ServerSettings};
+use crate::config::{
+    FanoutSettings, HistorySettings, LimitSettings, ReconnectSettings, ServerSettings,
+};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::pbx::{PbxHandle, SendAction, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{
@@ -36,6 +39,7 @@ pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
     ServerInfo, ServerQuality, ServerState, SessionInfo,
 };
+use coalesce::{Held, Hold};
 use fanout::{InBatch, Outgoing, Selection, SessionEntry, Sessions};
 use history::{FrameLog, History};
 pub use pending::{ActionFailure, Collected};
@@ -181,6 +185,9 @@ pub struct Registry {
     cluster: Option<crate::cluster::Cluster>,
     history: HistorySettings,
     marks: resume::Marks,
+    /// Broadcast frames waiting for the next flush (`[fanout]`), and the flush timer.
+    held: Held,
+    flush_timer: Option<SpawnHandle>,
 }
 
 impl Registry {
@@ -206,6 +213,8 @@ impl Registry {
             cluster: None,
             history: HistorySettings::default(),
             marks: resume::Marks::default(),
+            held: Held::new(FanoutSettings::default()),
+            flush_timer: None,
         }
     }
 
@@ -213,6 +222,41 @@ impl Registry {
     pub fn with_history(mut self, history: HistorySettings) -> Registry {
         self.history = history;
         self
+    }
+
+    /// Write coalescing of the broadcast fan-out (default: `FanoutSettings::default()`).
+    pub fn with_fanout(mut self, fanout: FanoutSettings) -> Registry {
+        self.held = Held::new(fanout);
+        self
+    }
+
+    /// Holds a server's broadcast frames for the next flush (`[fanout]`), or fans them out now.
+    fn hold(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Outgoing>) {
+        match self.held.hold(server, batch) {
+            Hold::Now(batch) => self.broadcast(ctx, server, batch),
+            Hold::Full => self.flush(ctx),
+            Hold::Later(delay) if self.flush_timer.is_none() => {
+                self.flush_timer = Some(ctx.run_later(delay, |act, ctx| {
+                    act.flush_timer = None;
+                    act.flush(ctx);
+                }));
+            }
+            Hold::Later(_) => {}
+        }
+    }
+
+    /// Fans out every held frame now: before a frame sent to one session directly (so it
+    /// follows the broadcasts that came before it), and before the session table changes.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.flush_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if self.held.is_empty() {
+            return;
+        }
+        for (server, batch) in self.held.drain() {
+            self.broadcast(ctx, server, batch);
+        }
     }
 
     /// A fresh history for a server entry (a new epoch).
@@ -227,6 +271,7 @@ impl Registry {
     }
 
     fn reply(&mut self, ctx: &mut Context<Self>, session: u64, frame: ByteString) {
+        self.flush(ctx);
         if !self.sessions.send(session, Arc::from(vec![frame])) {
             self.cut_loose(ctx, session);
         }
@@ -255,7 +300,8 @@ impl Registry {
 
     /// Stamps a server's broadcast frames with their history position, fans them out and keeps
     /// them for resume (the same bytes, shared).
-    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, mut batch: Vec<Outgoing>) {
+    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Outgoing>) {
+        let mut batch = self.held.before(server, batch);
         let Some(entry) = self.servers.get_mut(&server) else {
             return;
         };
@@ -562,7 +608,7 @@ impl Registry {
             let frame = encode_packet(&tag, &packet, restored.as_deref());
             batch.push(Outgoing::packet(frame, packet, restored));
         }
-        self.broadcast(ctx, msg.server_id, batch);
+        self.hold(ctx, msg.server_id, batch);
         if let Some(version) = msg.state_version {
             self.apply_status(
                 ctx,
@@ -648,6 +694,7 @@ impl Handler<Join> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        self.flush(ctx);
         let session = msg.session;
         let statuses = self.join(msg);
         if !statuses.is_empty() && !self.sessions.send(session, statuses.into()) {
@@ -718,7 +765,8 @@ impl Handler<Leave> for Registry {
 impl Handler<Subscribe> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        self.flush(ctx);
         if let Some(s) = self.sessions.map.get_mut(&msg.session) {
             s.select.subscription = Some(Arc::new(msg.subscription));
         }
@@ -728,7 +776,8 @@ impl Handler<Subscribe> for Registry {
 impl Handler<SetFormat> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: SetFormat, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: SetFormat, ctx: &mut Context<Self>) {
+        self.flush(ctx);
         if let Some(s) = self.sessions.map.get_mut(&msg.session) {
             s.select.format = msg.format;
         }
@@ -872,7 +921,8 @@ impl Registry {
 impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.flush(ctx);
         self.shutting_down = true;
         for (_, s) in self.sessions.map.drain() {
             s.close.do_send(CloseSession {

@@ -101,6 +101,7 @@ impl Handler<Resume> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
+        self.flush(ctx);
         // The statuses of a joining session follow its replay: positions only ever grow.
         let statuses = msg.join.map(|join| self.join(join)).unwrap_or_default();
         let session = msg.session;
@@ -137,11 +138,15 @@ impl Handler<Resume> for Registry {
                     let mark = self.marks.mark(session, *id, server.generation);
                     let missed = mark.saturating_sub(asked.offset);
                     let seen = entry.select.sees_server(*id, &server.tag.name);
+                    // A session that takes everything needs no packet to look at.
+                    let all = entry.select.takes_all();
                     let mine: Vec<ByteString> = kept
                         .into_iter()
                         .take(missed as usize)
-                        .filter(|o| seen && entry.select.admits(o))
-                        .map(|o| o.frame.clone())
+                        .filter(|k| {
+                            seen && (all || k.outgoing().is_some_and(|o| entry.select.admits(&o)))
+                        })
+                        .map(|k| k.frame().clone())
                         .collect();
                     let size: usize = mine.iter().map(|f| f.len()).sum();
                     if bytes + size > room {
