@@ -134,6 +134,10 @@ pub struct HttpSettings {
     pub tls_key: Option<PathBuf>,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// A connection's response buffer: the HTTP dispatcher copies what a session has queued
+    /// into it until it holds this many bytes, then writes (actix-http's default: 32 KiB). A
+    /// busy session's buffer grows to about twice this while its socket is full.
+    pub write_buffer_bytes: usize,
     /// Apache htdigest file: its users may log in with HTTP Digest (or Basic).
     pub auth_file: Option<PathBuf>,
     /// The realm of `auth_file` to use.
@@ -151,6 +155,7 @@ impl Default for HttpSettings {
             tls_cert: None,
             tls_key: None,
             workers: 0,
+            write_buffer_bytes: 32 << 10,
             auth_file: None,
             auth_domain: "amihub".into(),
             allow_anonymous_remote: false,
@@ -675,6 +680,9 @@ impl Settings {
         if h.max_frames == 0 || h.max_age_s == 0 || h.max_bytes < 4096 {
             problems
                 .push("history: need max_frames >= 1, max_age_s >= 1, max_bytes >= 4096".into());
+        }
+        if self.http.write_buffer_bytes < 1024 {
+            problems.push("http.write_buffer_bytes: must be at least 1024".into());
         }
         let f = &self.fanout;
         if f.flush_interval_ms > MAX_FLUSH_INTERVAL_MS || f.flush_bytes < 1024 {

@@ -49,6 +49,7 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
     .workers(workers)
     .max_connections(max_conn)
     .backlog(4096)
+    .h1_write_buffer_size(http.write_buffer_bytes)
     // Small frames must leave at once, not wait for the client's delayed ACK (Nagle).
     .tcp_nodelay(true)
     .disable_signals()
