@@ -9,11 +9,14 @@
 //! the whole interface the registry uses, so a shared store (a Redis Stream per PBX in cluster
 //! mode) can stand in for [`History`], the in-memory window of one node.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use serde_json::Value;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 use crate::ami::Packet;
 use crate::config::HistorySettings;
@@ -116,28 +119,75 @@ impl Kept {
 }
 
 /// The packet of a broadcast frame, from its JSON `data`: each key with its value, or one
-/// header per element of an array (how repeated headers are rendered).
+/// header per element of an array (how repeated headers are rendered). Names and values are
+/// borrowed from the frame unless they hold escapes, so a read-back costs few allocations.
 fn packet_of(frame: &str) -> Option<Packet> {
-    let Ok(Value::Object(mut top)) = serde_json::from_str::<Value>(frame) else {
-        return None;
-    };
-    let Some(Value::Object(data)) = top.remove("data") else {
-        return None;
-    };
-    let mut headers = Vec::with_capacity(data.len());
-    for (name, value) in data {
-        match value {
-            Value::String(v) => headers.push((name, v)),
-            Value::Array(values) => {
-                for v in values {
-                    let Value::String(v) = v else { return None };
-                    headers.push((name.clone(), v));
-                }
+    let frame: FrameData = serde_json::from_str(frame).ok()?;
+    Some(Packet::from_headers(frame.data.0))
+}
+
+/// The part of a frame a read-back needs.
+#[derive(Deserialize)]
+struct FrameData<'a> {
+    #[serde(borrow)]
+    data: Headers<'a>,
+}
+
+/// A `data` object as header lines, in order.
+struct Headers<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+/// A JSON string, borrowed when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Lines<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Lines<'a> {
+            type Value = Headers<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of header values")
             }
-            _ => return None,
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers<'a>, A::Error> {
+                let mut lines = Vec::new();
+                while let Some(Text(name)) = map.next_key::<Text<'a>>()? {
+                    let Values(values) = map.next_value::<Values<'a>>()?;
+                    lines.extend(values.into_iter().map(|v| (name.clone(), v)));
+                }
+                Ok(Headers(lines))
+            }
         }
+        d.deserialize_map(Lines(PhantomData))
     }
-    Some(Packet::from_headers(headers))
+}
+
+/// One header's value, or the values of a repeated header (an array).
+struct Values<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Values<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrMany<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for OneOrMany<'a> {
+            type Value = Values<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Values<'a>, E> {
+                Ok(Values(vec![Cow::Borrowed(v)]))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Values<'a>, E> {
+                Ok(Values(vec![Cow::Owned(v.to_string())]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Values<'a>, A::Error> {
+                let mut values = Vec::new();
+                while let Some(Text(v)) = seq.next_element::<Text<'a>>()? {
+                    values.push(v);
+                }
+                Ok(Values(values))
+            }
+        }
+        d.deserialize_any(OneOrMany(PhantomData))
+    }
 }
 
 /// One node's in-memory window for one server, bounded by frames, age and bytes.
