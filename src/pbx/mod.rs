@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
+use bytestring::ByteString;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
 use openssl::ssl::SslConnector;
@@ -24,7 +25,7 @@ use crate::ami::{Action, AmiDecoder, Frame, Limits, Packet};
 use crate::config::{AuthMode, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
-use crate::ws::protocol::{encode_packet, ServerTag};
+use crate::ws::protocol::{encode_packet_into, ServerTag};
 use backoff::Backoff;
 pub use connect::PbxError;
 pub(crate) use state_sync::now_ms;
@@ -508,7 +509,19 @@ impl PbxConn {
 
 impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
     fn handle(&mut self, frames: Vec<Result<Frame, std::io::Error>>, ctx: &mut Context<Self>) {
-        let mut items = Vec::with_capacity(frames.len());
+        // Packets with an ActionID may be routed to one session with its own id; the registry
+        // renders those. Everything else is rendered here, once, into one buffer per handover
+        // (each frame a slice of it), sized from the packets so a quiet PBX's small batches
+        // hold no more than they need.
+        let mut left: usize = frames
+            .iter()
+            .map(|f| match f {
+                Ok(Frame::Packet(p)) => render_estimate(p),
+                _ => 0,
+            })
+            .sum();
+        let mut batch = Rendered::with_capacity(left.min(BATCH_BYTES + BATCH_BYTES / 8));
+        let (mut packets, mut bytes) = (0, 0);
         for frame in frames {
             if self.phase == Phase::Idle {
                 break;
@@ -516,16 +529,18 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
             match frame {
                 Ok(Frame::Banner(banner)) => self.on_banner(ctx, banner),
                 Ok(Frame::Packet(p)) => {
-                    Metrics::inc(&self.metrics.ami_packets_in_total);
-                    Metrics::add(&self.metrics.ami_bytes_in_total, p.heap_bytes() as u64);
+                    packets += 1;
+                    bytes += p.heap_bytes() as u64;
+                    left = left.saturating_sub(render_estimate(&p));
                     if let Some(p) = self.on_packet(ctx, p) {
-                        // Packets with an ActionID may be routed to one session with its own id;
-                        // the registry renders those. Everything else is rendered once, here.
-                        let json = p
-                            .action_id()
-                            .is_none()
-                            .then(|| encode_packet(&self.tag, &p, None));
-                        items.push(Inbound { packet: p, json });
+                        batch.push(&self.tag, p);
+                    }
+                    // Hand over in slices of at most BATCH_BYTES, so one message is a small
+                    // share of any session's queue bound.
+                    if batch.bytes() >= BATCH_BYTES {
+                        let next = Rendered::with_capacity(left.min(BATCH_BYTES + BATCH_BYTES / 8));
+                        let full = std::mem::replace(&mut batch, next);
+                        self.hand_over(ctx, full.into_items(), None);
                     }
                 }
                 Ok(Frame::Discarded(why)) => {
@@ -542,25 +557,11 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
                 }
             }
         }
-        // Hand over in slices of at most BATCH_BYTES, so one message is a small share of any
-        // session's queue bound. Waiting on each is the backpressure: while the registry is
-        // busy (or every session is behind), this PBX is not read.
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for item in items {
-            bytes += item
-                .json
-                .as_ref()
-                .map_or(item.packet.heap_bytes(), |j| j.len());
-            batch.push(item);
-            if bytes >= BATCH_BYTES {
-                self.hand_over(ctx, std::mem::take(&mut batch));
-                bytes = 0;
-            }
-        }
+        Metrics::add(&self.metrics.ami_packets_in_total, packets);
+        Metrics::add(&self.metrics.ami_bytes_in_total, bytes);
         let ready = self.tracker.take_ready();
         if !batch.is_empty() || ready.is_some() {
-            self.hand_over_with(ctx, batch, ready);
+            self.hand_over(ctx, batch.into_items(), ready);
         }
     }
 
@@ -569,12 +570,64 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
     }
 }
 
-impl PbxConn {
-    fn hand_over(&mut self, ctx: &mut Context<Self>, items: Vec<Inbound>) {
-        self.hand_over_with(ctx, items, None);
+/// About what a packet's JSON rendering takes (what `encode_packet_into` reserves).
+fn render_estimate(p: &Packet) -> usize {
+    96 + p.text_len() * 5 / 4
+}
+
+/// Packets on their way to the registry, the broadcast ones rendered into one shared buffer.
+struct Rendered {
+    text: String,
+    /// Each packet and, when rendered here, the range of its frame in `text`.
+    packets: Vec<(Packet, Option<(usize, usize)>)>,
+    /// Bytes of the packets the registry renders itself.
+    unrendered: usize,
+}
+
+impl Rendered {
+    fn with_capacity(bytes: usize) -> Rendered {
+        Rendered {
+            text: String::with_capacity(bytes),
+            packets: Vec::new(),
+            unrendered: 0,
+        }
     }
 
-    fn hand_over_with(
+    fn push(&mut self, tag: &ServerTag, p: Packet) {
+        if p.action_id().is_some() {
+            self.unrendered += p.heap_bytes();
+            self.packets.push((p, None));
+            return;
+        }
+        let start = self.text.len();
+        encode_packet_into(&mut self.text, tag, &p, None);
+        self.packets.push((p, Some((start, self.text.len()))));
+    }
+
+    fn bytes(&self) -> usize {
+        self.text.len() + self.unrendered
+    }
+
+    fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    fn into_items(self) -> Vec<Inbound> {
+        let text = ByteString::from(self.text);
+        self.packets
+            .into_iter()
+            .map(|(packet, span)| Inbound {
+                packet,
+                json: span
+                    .and_then(|(start, end)| text.get(start..end))
+                    .map(|frame| text.slice_ref(frame)),
+            })
+            .collect()
+    }
+}
+
+impl PbxConn {
+    fn hand_over(
         &mut self,
         ctx: &mut Context<Self>,
         items: Vec<Inbound>,
