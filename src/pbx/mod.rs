@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod connect;
 mod state_sync;
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use futures_util::StreamExt;
 use md5::{Digest, Md5};
 use openssl::ssl::SslConnector;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::FramedRead;
 
 use crate::ami::{Action, AmiDecoder, Frame, Limits, Packet};
@@ -37,6 +38,9 @@ const WRITE_QUEUE: usize = 1024;
 const BATCH: usize = 512;
 /// Rendered bytes handed to the registry in one message, about.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Batches handed to the sink and not yet answered past which the actor stops reading: one
+/// being fanned out while the next is read and parsed.
+const IN_FLIGHT: usize = 2;
 const LOGIN_ID: &str = "amihub-login";
 const CHALLENGE_ID: &str = "amihub-challenge";
 const LOGOFF_ID: &str = "amihub-logoff";
@@ -145,6 +149,10 @@ pub struct PbxConn {
     goodbye: Option<oneshot::Sender<()>>,
     /// Live calls, queues and endpoints, rebuilt after every login.
     tracker: StateTracker,
+    /// Batches and statuses on their way to the sink, in order (see [`forward`]).
+    outbox: Option<mpsc::UnboundedSender<ToSink>>,
+    /// Batches handed over and not yet answered by the sink.
+    flow: Arc<Flow>,
 }
 
 impl PbxConn {
@@ -181,10 +189,12 @@ impl PbxConn {
             ping_outstanding: None,
             goodbye: None,
             tracker: StateTracker::default(),
+            outbox: None,
+            flow: Arc::default(),
         }
     }
 
-    fn status(&self, status: ServerStatus, reason: &str, banner: Option<String>) {
+    fn status(&mut self, status: ServerStatus, reason: &str, banner: Option<String>) {
         match status {
             ServerStatus::Connected => log::info!(
                 "server {} ({}): connected to {}:{}",
@@ -205,14 +215,14 @@ impl PbxConn {
                 status.as_str()
             ),
         }
-        self.registry.status.do_send(PbxStatusChanged {
+        self.forward(ToSink::Status(PbxStatusChanged {
             server_id: self.settings.id,
             generation: self.generation,
             status,
             reason: reason.to_string(),
             banner,
             state_version: None,
-        });
+        }));
     }
 
     /// Ends this connection; the supervisor restarts the actor, which reconnects after backoff.
@@ -317,14 +327,14 @@ impl PbxConn {
                 self.settings.name
             );
         }
-        self.registry.status.do_send(PbxStatusChanged {
+        self.forward(ToSink::Status(PbxStatusChanged {
             server_id: self.settings.id,
             generation: self.generation,
             status: ServerStatus::Connecting,
             reason: "logging in".into(),
             banner: Some(banner),
             state_version: None,
-        });
+        }));
         if self.settings.auth == AuthMode::Md5 {
             self.phase = Phase::Challenge;
             let ch = Action::new("Challenge")
@@ -639,13 +649,74 @@ impl PbxConn {
             items,
             state_version,
         };
-        ctx.wait(
-            self.registry
-                .packets
-                .send(msg)
-                .into_actor(self)
-                .map(|_, _, _| ()),
-        );
+        // Queued at once, so nothing is ever reordered or lost when the actor stops. While a
+        // batch is at the sink, this PBX is read and parsed on; with a second one queued
+        // behind it, the actor waits (reads nothing) until the sink answered one: the
+        // registry's answer is the backpressure, as before, one batch deeper.
+        self.flow.queued.fetch_add(1, Relaxed);
+        self.forward(ToSink::Packets(msg));
+        if self.flow.queued.load(Relaxed) >= IN_FLIGHT {
+            let flow = self.flow.clone();
+            ctx.wait(async move { flow.below(IN_FLIGHT).await }.into_actor(self));
+        }
+    }
+
+    /// Queues a message for the sink behind everything queued before it.
+    fn forward(&mut self, item: ToSink) {
+        let _ = self.outbox().send(item);
+    }
+
+    /// The queue towards the sink, and the task that empties it, made on first use; both last
+    /// as long as this struct (across reconnects), so nothing queued is ever reordered.
+    fn outbox(&mut self) -> &mpsc::UnboundedSender<ToSink> {
+        let (sink, flow) = (&self.registry, &self.flow);
+        self.outbox.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            actix::spawn(forward(sink.clone(), flow.clone(), rx));
+            tx
+        })
+    }
+}
+
+/// What a PBX actor hands its sink, in order.
+enum ToSink {
+    Packets(PbxPackets),
+    Status(PbxStatusChanged),
+}
+
+/// Batches queued towards the sink and not yet answered by it.
+#[derive(Default)]
+struct Flow {
+    queued: AtomicUsize,
+    answered: Notify,
+}
+
+impl Flow {
+    /// Resolves once fewer than `n` batches are outstanding.
+    async fn below(&self, n: usize) {
+        loop {
+            // Created before the check: an answer in between still wakes it.
+            let answered = self.answered.notified();
+            if self.queued.load(Relaxed) < n {
+                return;
+            }
+            answered.await;
+        }
+    }
+}
+
+/// Delivers a PBX actor's batches and statuses to its sink in the order they were queued,
+/// waiting for the sink's answer to each batch. Ends when the actor is dropped.
+async fn forward(sink: Sink, flow: Arc<Flow>, mut rx: mpsc::UnboundedReceiver<ToSink>) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            ToSink::Packets(msg) => {
+                let _ = sink.packets.send(msg).await;
+                flow.queued.fetch_sub(1, Relaxed);
+                flow.answered.notify_waiters();
+            }
+            ToSink::Status(msg) => sink.status.do_send(msg),
+        }
     }
 }
 
