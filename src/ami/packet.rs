@@ -129,11 +129,29 @@ impl Packet {
         self.headers.is_empty()
     }
 
+    /// Header `i` (in wire order) as (name, value).
+    pub fn header(&self, i: usize) -> Option<(&str, &str)> {
+        let h = self.headers.get(i)?;
+        Some((self.slice(h.name), self.slice(h.value)))
+    }
+
+    /// Length of the packet's text (its headers and raw lines as parsed).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     /// Value of the first header with this name, compared ASCII case-insensitively.
     pub fn get(&self, name: &str) -> Option<&str> {
+        // Called many times per packet (routing, state): compare lengths before any bytes.
+        let (text, want) = (self.text.as_bytes(), name.as_bytes());
         self.headers
             .iter()
-            .find(|h| self.slice(h.name).eq_ignore_ascii_case(name))
+            .find(|h| {
+                h.name.end.wrapping_sub(h.name.start) as usize == want.len()
+                    && text
+                        .get(h.name.start as usize..h.name.end as usize)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(want))
+            })
             .map(|h| self.slice(h.value))
     }
 

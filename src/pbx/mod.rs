@@ -8,23 +8,25 @@ pub mod backoff;
 pub mod connect;
 mod state_sync;
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::BytesMut;
+use bytestring::ByteString;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
 use openssl::ssl::SslConnector;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::FramedRead;
 
 use crate::ami::{Action, AmiDecoder, Frame, Limits, Packet};
 use crate::config::{AuthMode, ReconnectSettings, ServerSettings};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
-use crate::ws::protocol::{encode_packet, ServerTag};
+use crate::ws::protocol::{encode_packet_into, ServerTag};
 use backoff::Backoff;
 pub use connect::PbxError;
 pub(crate) use state_sync::now_ms;
@@ -36,6 +38,9 @@ const WRITE_QUEUE: usize = 1024;
 const BATCH: usize = 512;
 /// Rendered bytes handed to the registry in one message, about.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Batches handed to the sink and not yet answered past which the actor stops reading: one
+/// being fanned out while the next is read and parsed.
+const IN_FLIGHT: usize = 2;
 const LOGIN_ID: &str = "amihub-login";
 const CHALLENGE_ID: &str = "amihub-challenge";
 const LOGOFF_ID: &str = "amihub-logoff";
@@ -144,6 +149,10 @@ pub struct PbxConn {
     goodbye: Option<oneshot::Sender<()>>,
     /// Live calls, queues and endpoints, rebuilt after every login.
     tracker: StateTracker,
+    /// Batches and statuses on their way to the sink, in order (see [`forward`]).
+    outbox: Option<mpsc::UnboundedSender<ToSink>>,
+    /// Batches handed over and not yet answered by the sink.
+    flow: Arc<Flow>,
 }
 
 impl PbxConn {
@@ -180,10 +189,12 @@ impl PbxConn {
             ping_outstanding: None,
             goodbye: None,
             tracker: StateTracker::default(),
+            outbox: None,
+            flow: Arc::default(),
         }
     }
 
-    fn status(&self, status: ServerStatus, reason: &str, banner: Option<String>) {
+    fn status(&mut self, status: ServerStatus, reason: &str, banner: Option<String>) {
         match status {
             ServerStatus::Connected => log::info!(
                 "server {} ({}): connected to {}:{}",
@@ -204,14 +215,14 @@ impl PbxConn {
                 status.as_str()
             ),
         }
-        self.registry.status.do_send(PbxStatusChanged {
+        self.forward(ToSink::Status(PbxStatusChanged {
             server_id: self.settings.id,
             generation: self.generation,
             status,
             reason: reason.to_string(),
             banner,
             state_version: None,
-        });
+        }));
     }
 
     /// Ends this connection; the supervisor restarts the actor, which reconnects after backoff.
@@ -316,14 +327,14 @@ impl PbxConn {
                 self.settings.name
             );
         }
-        self.registry.status.do_send(PbxStatusChanged {
+        self.forward(ToSink::Status(PbxStatusChanged {
             server_id: self.settings.id,
             generation: self.generation,
             status: ServerStatus::Connecting,
             reason: "logging in".into(),
             banner: Some(banner),
             state_version: None,
-        });
+        }));
         if self.settings.auth == AuthMode::Md5 {
             self.phase = Phase::Challenge;
             let ch = Action::new("Challenge")
@@ -508,7 +519,19 @@ impl PbxConn {
 
 impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
     fn handle(&mut self, frames: Vec<Result<Frame, std::io::Error>>, ctx: &mut Context<Self>) {
-        let mut items = Vec::with_capacity(frames.len());
+        // Packets with an ActionID may be routed to one session with its own id; the registry
+        // renders those. Everything else is rendered here, once, into one buffer per handover
+        // (each frame a slice of it), sized from the packets so a quiet PBX's small batches
+        // hold no more than they need.
+        let mut left: usize = frames
+            .iter()
+            .map(|f| match f {
+                Ok(Frame::Packet(p)) => render_estimate(p),
+                _ => 0,
+            })
+            .sum();
+        let mut batch = Rendered::with_capacity(left.min(BATCH_BYTES + BATCH_BYTES / 8));
+        let (mut packets, mut bytes) = (0, 0);
         for frame in frames {
             if self.phase == Phase::Idle {
                 break;
@@ -516,16 +539,18 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
             match frame {
                 Ok(Frame::Banner(banner)) => self.on_banner(ctx, banner),
                 Ok(Frame::Packet(p)) => {
-                    Metrics::inc(&self.metrics.ami_packets_in_total);
-                    Metrics::add(&self.metrics.ami_bytes_in_total, p.heap_bytes() as u64);
+                    packets += 1;
+                    bytes += p.heap_bytes() as u64;
+                    left = left.saturating_sub(render_estimate(&p));
                     if let Some(p) = self.on_packet(ctx, p) {
-                        // Packets with an ActionID may be routed to one session with its own id;
-                        // the registry renders those. Everything else is rendered once, here.
-                        let json = p
-                            .action_id()
-                            .is_none()
-                            .then(|| encode_packet(&self.tag, &p, None));
-                        items.push(Inbound { packet: p, json });
+                        batch.push(&self.tag, p);
+                    }
+                    // Hand over in slices of at most BATCH_BYTES, so one message is a small
+                    // share of any session's queue bound.
+                    if batch.bytes() >= BATCH_BYTES {
+                        let next = Rendered::with_capacity(left.min(BATCH_BYTES + BATCH_BYTES / 8));
+                        let full = std::mem::replace(&mut batch, next);
+                        self.hand_over(ctx, full.into_items(), None);
                     }
                 }
                 Ok(Frame::Discarded(why)) => {
@@ -542,25 +567,11 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
                 }
             }
         }
-        // Hand over in slices of at most BATCH_BYTES, so one message is a small share of any
-        // session's queue bound. Waiting on each is the backpressure: while the registry is
-        // busy (or every session is behind), this PBX is not read.
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for item in items {
-            bytes += item
-                .json
-                .as_ref()
-                .map_or(item.packet.heap_bytes(), |j| j.len());
-            batch.push(item);
-            if bytes >= BATCH_BYTES {
-                self.hand_over(ctx, std::mem::take(&mut batch));
-                bytes = 0;
-            }
-        }
+        Metrics::add(&self.metrics.ami_packets_in_total, packets);
+        Metrics::add(&self.metrics.ami_bytes_in_total, bytes);
         let ready = self.tracker.take_ready();
         if !batch.is_empty() || ready.is_some() {
-            self.hand_over_with(ctx, batch, ready);
+            self.hand_over(ctx, batch.into_items(), ready);
         }
     }
 
@@ -569,12 +580,64 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
     }
 }
 
-impl PbxConn {
-    fn hand_over(&mut self, ctx: &mut Context<Self>, items: Vec<Inbound>) {
-        self.hand_over_with(ctx, items, None);
+/// About what a packet's JSON rendering takes (what `encode_packet_into` reserves).
+fn render_estimate(p: &Packet) -> usize {
+    96 + p.text_len() * 5 / 4
+}
+
+/// Packets on their way to the registry, the broadcast ones rendered into one shared buffer.
+struct Rendered {
+    text: String,
+    /// Each packet and, when rendered here, the range of its frame in `text`.
+    packets: Vec<(Packet, Option<(usize, usize)>)>,
+    /// Bytes of the packets the registry renders itself.
+    unrendered: usize,
+}
+
+impl Rendered {
+    fn with_capacity(bytes: usize) -> Rendered {
+        Rendered {
+            text: String::with_capacity(bytes),
+            packets: Vec::new(),
+            unrendered: 0,
+        }
     }
 
-    fn hand_over_with(
+    fn push(&mut self, tag: &ServerTag, p: Packet) {
+        if p.action_id().is_some() {
+            self.unrendered += p.heap_bytes();
+            self.packets.push((p, None));
+            return;
+        }
+        let start = self.text.len();
+        encode_packet_into(&mut self.text, tag, &p, None);
+        self.packets.push((p, Some((start, self.text.len()))));
+    }
+
+    fn bytes(&self) -> usize {
+        self.text.len() + self.unrendered
+    }
+
+    fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    fn into_items(self) -> Vec<Inbound> {
+        let text = ByteString::from(self.text);
+        self.packets
+            .into_iter()
+            .map(|(packet, span)| Inbound {
+                packet,
+                json: span
+                    .and_then(|(start, end)| text.get(start..end))
+                    .map(|frame| text.slice_ref(frame)),
+            })
+            .collect()
+    }
+}
+
+impl PbxConn {
+    fn hand_over(
         &mut self,
         ctx: &mut Context<Self>,
         items: Vec<Inbound>,
@@ -586,13 +649,74 @@ impl PbxConn {
             items,
             state_version,
         };
-        ctx.wait(
-            self.registry
-                .packets
-                .send(msg)
-                .into_actor(self)
-                .map(|_, _, _| ()),
-        );
+        // Queued at once, so nothing is ever reordered or lost when the actor stops. While a
+        // batch is at the sink, this PBX is read and parsed on; with a second one queued
+        // behind it, the actor waits (reads nothing) until the sink answered one: the
+        // registry's answer is the backpressure, as before, one batch deeper.
+        self.flow.queued.fetch_add(1, Relaxed);
+        self.forward(ToSink::Packets(msg));
+        if self.flow.queued.load(Relaxed) >= IN_FLIGHT {
+            let flow = self.flow.clone();
+            ctx.wait(async move { flow.below(IN_FLIGHT).await }.into_actor(self));
+        }
+    }
+
+    /// Queues a message for the sink behind everything queued before it.
+    fn forward(&mut self, item: ToSink) {
+        let _ = self.outbox().send(item);
+    }
+
+    /// The queue towards the sink, and the task that empties it, made on first use; both last
+    /// as long as this struct (across reconnects), so nothing queued is ever reordered.
+    fn outbox(&mut self) -> &mpsc::UnboundedSender<ToSink> {
+        let (sink, flow) = (&self.registry, &self.flow);
+        self.outbox.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            actix::spawn(forward(sink.clone(), flow.clone(), rx));
+            tx
+        })
+    }
+}
+
+/// What a PBX actor hands its sink, in order.
+enum ToSink {
+    Packets(PbxPackets),
+    Status(PbxStatusChanged),
+}
+
+/// Batches queued towards the sink and not yet answered by it.
+#[derive(Default)]
+struct Flow {
+    queued: AtomicUsize,
+    answered: Notify,
+}
+
+impl Flow {
+    /// Resolves once fewer than `n` batches are outstanding.
+    async fn below(&self, n: usize) {
+        loop {
+            // Created before the check: an answer in between still wakes it.
+            let answered = self.answered.notified();
+            if self.queued.load(Relaxed) < n {
+                return;
+            }
+            answered.await;
+        }
+    }
+}
+
+/// Delivers a PBX actor's batches and statuses to its sink in the order they were queued,
+/// waiting for the sink's answer to each batch. Ends when the actor is dropped.
+async fn forward(sink: Sink, flow: Arc<Flow>, mut rx: mpsc::UnboundedReceiver<ToSink>) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            ToSink::Packets(msg) => {
+                let _ = sink.packets.send(msg).await;
+                flow.queued.fetch_sub(1, Relaxed);
+                flow.answered.notify_waiters();
+            }
+            ToSink::Status(msg) => sink.status.do_send(msg),
+        }
     }
 }
 

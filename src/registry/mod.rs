@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, SharedMetrics};
 use crate::pbx::{PbxHandle, SendAction, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{
     encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, with_position,
-    ServerTag,
+    with_positions, ServerTag,
 };
 pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
@@ -309,8 +309,10 @@ impl Registry {
             return;
         }
         let next = entry.history.newest() + 1;
-        for (o, offset) in batch.iter_mut().zip(next..) {
-            o.frame = with_position(&o.frame, entry.history.epoch(), offset);
+        let frames = batch.iter().map(|o| &*o.frame);
+        let stamped = with_positions(frames, entry.history.epoch(), next);
+        for (o, frame) in batch.iter_mut().zip(stamped) {
+            o.frame = frame;
         }
         let batch: Arc<[Outgoing]> = batch.into();
         let slow = self

@@ -1,8 +1,6 @@
 //! The JSON envelope (SPEC §4): the only module that knows how packets look to browsers and how
 //! client JSON becomes an AMI action. Pure functions, no actors.
 
-use std::fmt::Write;
-
 use bytestring::ByteString;
 use serde_json::{Map, Value};
 
@@ -75,63 +73,135 @@ pub fn packet_type(p: &Packet) -> MsgType {
 /// Serialises a packet once; `action_id` replaces the packet's ActionID (routing back to the
 /// client's own id). Repeated headers become arrays; command output is always `Output: [lines]`.
 pub fn encode_packet(tag: &ServerTag, p: &Packet, action_id: Option<&str>) -> ByteString {
-    let mut out = String::with_capacity(64 + tag.suffix.len() + p.heap_bytes() * 5 / 4);
+    let mut out = String::new();
+    encode_packet_into(&mut out, tag, p, action_id);
+    ByteString::from(out)
+}
+
+/// Headers of a packet grouped without allocating (below this many headers).
+const INLINE_HEADERS: usize = 64;
+/// No next header of the same name.
+const NONE: u32 = u32::MAX;
+
+/// [`encode_packet`] appended to `out`, in one pass over the packet, so a batch of packets can
+/// be rendered into one buffer (one allocation for the batch, not one per packet).
+pub fn encode_packet_into(out: &mut String, tag: &ServerTag, p: &Packet, action_id: Option<&str>) {
+    out.reserve(64 + tag.suffix.len() + p.text_len() * 5 / 4);
     out.push_str("{\"type\":");
     out.push_str(type_digit(packet_type(p)));
     out.push_str(&tag.suffix);
     out.push('{');
-    let headers: Vec<(&str, &str)> = p.headers().collect();
-    let raw: Vec<&str> = p.raw_lines().collect();
-    // Group repeated names: `first[i]` is the index of the first header named like header i.
-    // Names are compared by a cheap hash first, so the quadratic scan stays cheap.
-    let keys: Vec<u64> = headers.iter().map(|(n, _)| name_key(n)).collect();
-    let mut first: Vec<usize> = (0..headers.len()).collect();
-    let mut count = vec![0u32; headers.len()];
-    for i in 0..headers.len() {
-        if let Some(j) = (0..i).find(|&j| keys[j] == keys[i] && headers[j].0 == headers[i].0) {
-            first[i] = first[j];
-        }
-        count[first[i]] += 1;
-    }
+    let n = p.len();
+    // `next[i]`: the next header named like header i (NONE: the last); `later[i]`: an earlier
+    // header has its name, so header i was written with that one's key.
+    let (mut next_inline, mut later_inline) = ([NONE; INLINE_HEADERS], [false; INLINE_HEADERS]);
+    let (mut next_heap, mut later_heap) = (Vec::new(), Vec::new());
+    let (next, later) = if n <= INLINE_HEADERS {
+        (&mut next_inline[..n], &mut later_inline[..n])
+    } else {
+        next_heap.resize(n, NONE);
+        later_heap.resize(n, false);
+        (&mut next_heap[..], &mut later_heap[..])
+    };
+    link_repeats(p, next, later);
     let mut wrote_any = false;
     let mut wrote_output = false;
-    for (i, (name, value)) in headers.iter().enumerate() {
+    for (i, ((name, value), &later)) in p.headers().zip(&*later).enumerate() {
         // Only the first occurrence of a name writes the key (with every value).
-        if first[i] != i {
+        if later {
             continue;
         }
         if wrote_any {
             out.push(',');
         }
         wrote_any = true;
-        push_json_str(&mut out, name);
+        push_json_str(out, name);
         out.push(':');
-        let values = headers[i..]
-            .iter()
-            .zip(&first[i..])
-            .filter(|(_, f)| **f == i)
-            .map(|((_, v), _)| *v);
-        if *name == "Output" {
+        let values = Repeats {
+            p,
+            next: &*next,
+            at: i as u32,
+        };
+        if name == "Output" {
             wrote_output = true;
-            push_json_array(&mut out, values.chain(raw.iter().copied()));
-        } else if count[i] > 1 {
-            push_json_array(&mut out, values);
+            push_json_array(out, values.chain(p.raw_lines()));
+        } else if next[i] != NONE {
+            push_json_array(out, values);
         } else if let (Some(id), true) = (action_id, name.eq_ignore_ascii_case("ActionID")) {
-            push_json_str(&mut out, id);
+            push_json_str(out, id);
         } else {
-            push_json_str(&mut out, value);
+            push_json_str(out, value);
         }
     }
-    let first = !wrote_any;
-    if !wrote_output && !raw.is_empty() {
-        if !first {
+    if !wrote_output && p.raw_lines().next().is_some() {
+        if wrote_any {
             out.push(',');
         }
         out.push_str("\"Output\":");
-        push_json_array(&mut out, raw.iter().copied());
+        push_json_array(out, p.raw_lines());
     }
     out.push_str("}}");
-    ByteString::from(out)
+}
+
+/// The values of header `at` and of every later header with its name, in order.
+struct Repeats<'a> {
+    p: &'a Packet,
+    next: &'a [u32],
+    at: u32,
+}
+
+impl<'a> Iterator for Repeats<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let i = self.at as usize;
+        let (_, value) = self.p.header(i)?;
+        self.at = self.next.get(i).copied().unwrap_or(NONE);
+        Some(value)
+    }
+}
+
+/// Links every header to the next one with the same name (exact comparison) through a small
+/// open-addressing table keyed by a cheap digest of the name: linear in the headers.
+fn link_repeats(p: &Packet, next: &mut [u32], later: &mut [bool]) {
+    let n = next.len();
+    // Slots hold (header index + 1, digest) of the last header seen with a name; twice the
+    // headers, a power of two, so probes stay short.
+    let size = (2 * n).next_power_of_two().max(8);
+    let mut inline = [(0u32, 0u32); 2 * INLINE_HEADERS];
+    let mut heap = Vec::new();
+    let slots = if size <= inline.len() {
+        &mut inline[..size]
+    } else {
+        heap.resize(size, (0u32, 0u32));
+        &mut heap[..]
+    };
+    for (i, (name, _)) in p.headers().enumerate().take(n) {
+        let digest = name_digest(name);
+        let mut slot = (digest.wrapping_mul(0x9e37_79b9) >> 7) as usize & (size - 1);
+        loop {
+            let (held, held_digest) = slots[slot];
+            if held == 0 {
+                slots[slot] = (i as u32 + 1, digest);
+                break;
+            }
+            let j = held as usize - 1;
+            if held_digest == digest && p.header(j).is_some_and(|(other, _)| other == name) {
+                next[j] = i as u32;
+                later[i] = true;
+                slots[slot].0 = i as u32 + 1;
+                break;
+            }
+            slot = (slot + 1) & (size - 1);
+        }
+    }
+}
+
+/// A cheap digest of a header name: its length and three of its bytes.
+fn name_digest(name: &str) -> u32 {
+    let b = name.as_bytes();
+    let at = |i: usize| b.get(i).copied().map_or(0, u32::from);
+    (b.len() as u32) ^ (at(0) << 8) ^ (at(b.len() / 2) << 16) ^ (at(b.len().wrapping_sub(1)) << 24)
 }
 
 /// The `data` object of a packet as a JSON value (HTTP results), ActionID restored as given.
@@ -169,13 +239,61 @@ pub fn encode_status_with(
 /// `"epoch"` and `"offset"` (SPEC §10): the only place they are written. `frame` is one of the
 /// JSON objects rendered above; its bytes are copied once, never serialised again.
 pub fn with_position(frame: &str, epoch: &str, offset: u64) -> ByteString {
-    let body = frame.strip_suffix('}').unwrap_or(frame);
-    let mut out = String::with_capacity(frame.len() + epoch.len() + 34);
-    out.push_str(body);
-    out.push_str(",\"epoch\":");
-    push_json_str(&mut out, epoch);
-    let _ = write!(out, ",\"offset\":{offset}}}");
-    ByteString::from(out)
+    with_positions(std::iter::once(frame), epoch, offset)
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`with_position`] for consecutive frames of one server, at offsets `first`, `first + 1`, …:
+/// the stamped frames are slices of one shared buffer, one allocation for the whole run.
+pub fn with_positions<'a, I>(frames: I, epoch: &str, first: u64) -> Vec<ByteString>
+where
+    I: Iterator<Item = &'a str> + Clone,
+{
+    let mut head = String::from(",\"epoch\":");
+    push_json_str(&mut head, epoch);
+    head.push_str(",\"offset\":");
+    let (count, bytes) = frames
+        .clone()
+        .fold((0, 0), |(n, b), f| (n + 1, b + f.len()));
+    // 20 digits for any u64, and the closing brace.
+    let mut out = String::with_capacity(bytes + count * (head.len() + 21));
+    let mut ends = Vec::with_capacity(count);
+    for (frame, offset) in frames.zip(first..) {
+        out.push_str(frame.strip_suffix('}').unwrap_or(frame));
+        out.push_str(&head);
+        push_u64(&mut out, offset);
+        out.push('}');
+        ends.push(out.len());
+    }
+    let out = ByteString::from(out);
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let frame = out
+                .get(start..end)
+                .map_or_else(ByteString::new, |s| out.slice_ref(s));
+            start = end;
+            frame
+        })
+        .collect()
+}
+
+/// Appends the decimal digits of `n` (no formatting machinery on the hot path).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Type 8: amihub's own reply to one session (errors, ProxyAction results).
@@ -227,15 +345,8 @@ fn push_json_array<'a>(out: &mut String, values: impl Iterator<Item = &'a str>) 
     out.push(']');
 }
 
-/// FNV-1a of a header name (grouping repeated headers).
-fn name_key(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Bytes that need escaping inside a JSON string: controls, `"` and `\`.
-const ESCAPE: [bool; 256] = {
+static ESCAPE: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 0x20 {
@@ -249,32 +360,58 @@ const ESCAPE: [bool; 256] = {
 
 /// Appends `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
+    if !needs_escape(s.as_bytes()) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !ESCAPE[b as usize] {
             continue;
         }
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
         out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            out.push_str(&format!("\\u{b:04x}"));
-        } else {
-            out.push_str(esc);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
         }
         start = i + 1;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Whether any byte of `bytes` needs escaping, eight bytes at a time: a byte below 0x20, `"` or
+/// `\` in a word sets its high bit in the test (bytes of 0x80 and above never do).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |w: u64| w.wrapping_sub(LO) & !w & HI;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let w = u64::from_le_bytes(w);
+        let below_space = w.wrapping_sub(LO * 0x20) & !w & HI;
+        if below_space | zero_in(w ^ (LO * u64::from(b'"'))) | zero_in(w ^ (LO * u64::from(b'\\')))
+            != 0
+        {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| ESCAPE[b as usize])
 }
 
 /// What a client sent, once understood.
@@ -539,5 +676,77 @@ mod tests {
             plain["offset"] = Value::from(42);
             assert_eq!(v, plain);
         }
+    }
+
+    #[test]
+    fn escaping_matches_json_for_every_byte_at_every_word_position() {
+        // The eight-bytes-at-a-time test must see a byte needing escape in any lane.
+        let specials = [
+            '"', '\\', '\n', '\r', '\t', '\u{0}', '\u{1f}', '\u{8}', ' ', 'é', '\u{7f}',
+        ];
+        for len in 0..20 {
+            for at in 0..len {
+                for &c in &specials {
+                    let mut s: String = "a".repeat(len);
+                    s.replace_range(at..at + 1, &c.to_string());
+                    let mut out = String::new();
+                    push_json_str(&mut out, &s);
+                    let back: String = serde_json::from_str(&out).expect("valid JSON string");
+                    assert_eq!(back, s, "{s:?} -> {out}");
+                    let escaped = !matches!(c, ' ' | 'é' | '\u{7f}');
+                    assert_eq!(out.len() > s.len() + 2, escaped, "{s:?} -> {out}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_headers_group_in_large_packets_too() {
+        // Past the inline tables (64 headers): 70 Output lines and interleaved repeats.
+        let mut headers = vec![("Response".to_string(), "Success".to_string())];
+        for i in 0..70 {
+            headers.push(("Output".into(), format!("line {i}")));
+            if i % 10 == 0 {
+                headers.push(("X".into(), format!("x{i}")));
+            }
+        }
+        headers.push(("ActionID".into(), "amihub-1".into()));
+        let p = Packet::from_headers(headers).with_raw_lines(["raw tail"]);
+        let v = json(&encode_packet(&tag(), &p, Some("mine")));
+        let mut lines: Vec<Value> = (0..70).map(|i| Value::from(format!("line {i}"))).collect();
+        lines.push(Value::from("raw tail"));
+        assert_eq!(v["data"]["Output"], Value::Array(lines));
+        let xs: Vec<Value> = (0..7)
+            .map(|i| Value::from(format!("x{}", i * 10)))
+            .collect();
+        assert_eq!(v["data"]["X"], Value::Array(xs));
+        assert_eq!(v["data"]["ActionID"], "mine");
+        let keys: Vec<&String> = v["data"].as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["Response", "Output", "X", "ActionID"]);
+    }
+
+    #[test]
+    fn names_that_differ_only_inside_are_not_grouped() {
+        // Same length, first, middle and last bytes: one digest, two names.
+        let p = Packet::from_headers([("Event", "E"), ("AxxB", "1"), ("AyxB", "2"), ("AxxB", "3")]);
+        let v = json(&encode_packet(&tag(), &p, None));
+        assert_eq!(v["data"]["AxxB"], serde_json::json!(["1", "3"]));
+        assert_eq!(v["data"]["AyxB"], "2");
+    }
+
+    #[test]
+    fn a_run_of_positions_is_each_frame_stamped_alone() {
+        let p = Packet::from_headers([("Event", "Hangup"), ("Channel", "PJSIP/1-01")]);
+        let frames = [
+            encode_packet(&tag(), &p, None),
+            encode_status(&tag(), "Connected", ""),
+            encode_prompt(&tag(), "Asterisk Call Manager/9.0.0"),
+        ];
+        let stamped = with_positions(frames.iter().map(|f| &**f), "e1", 999_999);
+        assert_eq!(stamped.len(), 3);
+        for ((frame, one), offset) in frames.iter().zip(&stamped).zip(999_999..) {
+            assert_eq!(*one, with_position(frame, "e1", offset));
+        }
+        assert_eq!(json(&stamped[2])["offset"], 1_000_001);
     }
 }
