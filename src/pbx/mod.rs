@@ -211,6 +211,7 @@ impl PbxConn {
             reason: reason.to_string(),
             banner,
             state_version: None,
+            at: None,
         });
     }
 
@@ -323,6 +324,7 @@ impl PbxConn {
             reason: "logging in".into(),
             banner: Some(banner),
             state_version: None,
+            at: None,
         });
         if self.settings.auth == AuthMode::Md5 {
             self.phase = Phase::Challenge;
@@ -525,7 +527,11 @@ impl StreamHandler<Vec<Result<Frame, std::io::Error>>> for PbxConn {
                             .action_id()
                             .is_none()
                             .then(|| encode_packet(&self.tag, &p, None));
-                        items.push(Inbound { packet: p, json });
+                        items.push(Inbound {
+                            packet: p,
+                            json,
+                            at: None,
+                        });
                     }
                 }
                 Ok(Frame::Discarded(why)) => {
