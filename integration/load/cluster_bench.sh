@@ -111,7 +111,7 @@ for run in $(seq 1 "$RUNS"); do
   wsload "cluster-c$CLIENTS-r$RATE-$run" "$hb" "$CLIENTS"
   events=$(redis_cli get 'amihub:{s1}:offset')
   echo "# redis after the cluster run: stream offset $events, XLEN $(redis_cli xlen 'amihub:{s1}:events'), MEMORY USAGE $(redis_cli memory usage 'amihub:{s1}:events' samples 0) bytes, used_memory $(redis_cli info memory | grep '^used_memory:' | tr -d '\r')"
-  redis_cli info commandstats | grep -E '^cmdstat_(evalsha|xread|xrevrange|mget|set|sadd|smembers|get|eval):' | tr -d '\r' | sed 's/^/#   /'
+  redis_cli info commandstats | grep -E '^cmdstat_(evalsha|xadd|xread|xrevrange|mget|set|sadd|smembers|get|eval):' | tr -d '\r' | sed 's/^/#   /'
   echo "# redis total_commands_processed $(redis_cli info stats | grep '^total_commands_processed:' | cut -d: -f2 | tr -d '\r') over the run's events (see README for the per-event figure)"
   stop "$b"; stop "$a"; stop "$fake"
 
@@ -129,7 +129,7 @@ for run in $(seq 1 "$RUNS"); do
   o2=$(redis_cli get 'amihub:{s1}:offset'); t2=$(date +%s.%N)
   echo "# published through the stream: $(python3 -c "print(round(($o2-$o1)/($t2-$t1)))") events/s (offset $o1 -> $o2)"
   echo "# redis at full speed: MEMORY USAGE $(redis_cli memory usage 'amihub:{s1}:events' samples 0) bytes for XLEN $(redis_cli xlen 'amihub:{s1}:events')"
-  redis_cli info commandstats | grep -E '^cmdstat_(evalsha|xread|xrevrange|mget|set|sadd|smembers|get|eval):' | tr -d '\r' | sed 's/^/#   /'
+  redis_cli info commandstats | grep -E '^cmdstat_(evalsha|xadd|xread|xrevrange|mget|set|sadd|smembers|get|eval):' | tr -d '\r' | sed 's/^/#   /'
   echo "# redis total_commands_processed $(redis_cli info stats | grep '^total_commands_processed:' | cut -d: -f2 | tr -d '\r') for $((o2 - o1)) events"
   stop "$b"; stop "$a"; stop "$fake"; stop "$redis"
 done
