@@ -32,7 +32,8 @@ macro_rules! redis_or_skip {
 fn node_config(redis: &Redis, node: &str, sims: &[SimPbx]) -> String {
     let mut c = format!(
         "[cluster]\nredis_url = \"{}\"\nnode_id = \"{node}\"\nlease_ms = {LEASE_MS}\n\
-         [reconnect]\ninitial_ms = 50\nmax_ms = 500\n",
+         [reconnect]\ninitial_ms = 50\nmax_ms = 500\n\
+         [limits]\nsession_queue_bytes = 16777216\n",
         redis.url()
     );
     for (i, s) in sims.iter().enumerate() {
@@ -473,4 +474,232 @@ async fn actions_from_every_node_reach_the_owner_and_reply_only_to_their_session
         assert_eq!(v["response"]["Ping"], "Pong", "{v}");
     }
     assert_eq!(pbxs[0].stats().max_logged_in, 1);
+}
+
+/// Flood Seqs of server `sid` in `frames`, in order.
+fn seqs(frames: &[&Value], sid: u64) -> Vec<u64> {
+    frames.iter().filter_map(|v| flood_seq(v, sid)).collect()
+}
+
+/// Offset → flood Seq of the frames of `epoch` in `frames`.
+fn seq_at(frames: &[Value], sid: u64, epoch: &str) -> BTreeMap<u64, u64> {
+    frames
+        .iter()
+        .filter_map(|v| {
+            let (e, o) = position(v, sid)?;
+            (e == epoch).then_some((o, flood_seq(v, sid)?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_one_node_resumes_on_another_with_exactly_what_it_missed() {
+    let redis = redis_or_skip!();
+    let pbxs = sims(1).await;
+    let hubs = start_nodes(&redis, &["a", "b"], &pbxs);
+    let o = wait_owners(&hubs[0], 1, |_| true).await;
+    // The session starts on the node that does not own pbx1 and comes back on the owner.
+    let (from, to) = if o[&1] == "a" { (1, 0) } else { (0, 1) };
+    for h in &hubs {
+        h.wait_status(1, "Connected").await;
+    }
+    let mut first = hubs[from].ws().await;
+    first
+        .wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    let pbx = &pbxs[0];
+    pbx.flood(flood(2000));
+    first
+        .wait_for("500 flood events", |v| flood_seq(v, 1) >= Some(500))
+        .await;
+    let (epoch, offset) = last_position(&first, 1);
+    let before = std::mem::take(&mut first.seen);
+    drop(first);
+    // The outage: the socket is gone for a second while the flood goes on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let url = hubs[to].ws_url(&format!("/ws?resume=1:{epoch}:{offset}"));
+    let mut back = Client::connect(&url).await;
+    let reply = back.wait_for("the Resume reply", is_resume_reply).await;
+    let replayed = reply["data"]["Servers"]["1"]["Replayed"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not resumed on the other node: {reply}"));
+    assert!(replayed >= 1000, "only {replayed} frames replayed: {reply}");
+    assert_eq!(reply["data"]["Servers"]["1"]["epoch"], epoch.as_str());
+    let resumed_at = back.seen.iter().rev().find_map(|v| flood_seq(v, 1));
+    let target = resumed_at.expect("replayed flood events") + 1000;
+    back.wait_for("1000 live flood events after the replay", |v| {
+        flood_seq(v, 1) >= Some(target)
+    })
+    .await;
+    pbx.stop_flood();
+
+    let all: Vec<&Value> = before.iter().chain(&back.seen).collect();
+    let seqs = seqs(&all, 1);
+    assert_eq!(seqs.first(), Some(&1));
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "a Seq was lost, doubled or reordered");
+    }
+    assert_offsets_run_on(&all, 1, &epoch, offset);
+    eprintln!("resume on another node: {replayed} frames replayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_flood_is_reported_recovered_from_and_a_resume_gap_where_history_was_lost(
+) {
+    let mut redis = redis_or_skip!();
+    let pbxs = sims(1).await;
+    let hubs = start_nodes(&redis, &["a", "b"], &pbxs);
+    wait_owners(&hubs[0], 1, |_| true).await;
+    let mut watchers = Vec::new();
+    for h in &hubs {
+        h.wait_status(1, "Connected").await;
+        watchers.push(Watcher::start(h).await);
+    }
+    let pbx = &pbxs[0];
+    pbx.flood(flood(1000));
+    for w in &watchers {
+        w.wait("300 flood events", |f| floods_since_last_login(f, 1) >= 300)
+            .await;
+    }
+    let old = watchers[0]
+        .frames()
+        .iter()
+        .rev()
+        .find_map(|v| position(v, 1))
+        .expect("a position");
+    let logins = pbx.stats().logins_ok;
+
+    redis.kill();
+    for h in &hubs {
+        wait_metric_at(h.addr, "amihub_cluster_redis_up", &[], |v| v == 0).await;
+        let (status, body) = h.http("GET", "/readyz", &[], "").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("Redis"), "{body}");
+    }
+    for w in &watchers {
+        w.wait("Disconnected: cluster store unreachable", |f| {
+            f.iter().any(|v| {
+                is_status(v, 1, "Disconnected")
+                    && v["data"]["Reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("cluster store unreachable"))
+            })
+        })
+        .await;
+    }
+    redis.restart().await;
+    for h in &hubs {
+        wait_metric_at(h.addr, "amihub_cluster_redis_up", &[], |v| v == 1).await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, _) = h.http("GET", "/readyz", &[], "").await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz stays {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    // An owner takes the PBX again by itself (a new login) and the flood goes on.
+    wait_logins(pbx, logins + 1).await;
+    pbx.flood(flood(1000));
+    for w in &watchers {
+        w.wait("Connected again, then 300 events", |f| {
+            floods_since_last_login(f, 1) >= 300
+        })
+        .await;
+    }
+    // A new history: every node names it alike and numbers its frames alike.
+    let new = watchers[0]
+        .frames()
+        .iter()
+        .rev()
+        .find_map(|v| position(v, 1))
+        .expect("a position");
+    assert_ne!(new.0, old.0, "history was lost but the epoch stayed");
+    let (f0, f1) = (watchers[0].frames(), watchers[1].frames());
+    for epoch in [&old.0, &new.0] {
+        let (a, b) = (seq_at(&f0, 1, epoch), seq_at(&f1, 1, epoch));
+        let common: Vec<&u64> = a.keys().filter(|o| b.contains_key(o)).collect();
+        assert!(
+            common.len() >= 250,
+            "epoch {epoch}: {} offsets on both",
+            common.len()
+        );
+        for o in common {
+            assert_eq!(a[o], b[o], "epoch {epoch} offset {o}: nodes disagree");
+        }
+    }
+    for (i, h) in hubs.iter().enumerate() {
+        // Where history was lost: a gap.
+        let url = h.ws_url(&format!("/ws?resume=1:{}:{}", old.0, old.1));
+        let mut c = Client::connect(&url).await;
+        c.wait_for("resume gap", |v| is_gap(v, 1)).await;
+        // Where it was not: every Seq after the position, once, in order.
+        let (epoch, offset) = (&new.0, new.1.saturating_sub(100));
+        let url = h.ws_url(&format!("/ws?resume=1:{epoch}:{offset}"));
+        let mut c = Client::connect(&url).await;
+        let reply = c.wait_for("the Resume reply", is_resume_reply).await;
+        let n = reply["data"]["Servers"]["1"]["Replayed"].as_u64();
+        assert!(n >= Some(100), "node {i}: {reply}");
+        let seen: Vec<&Value> = c.seen.iter().collect();
+        assert_offsets_run_on(&seen, 1, epoch, offset + 1);
+        let s = seqs(&seen, 1);
+        for w in s.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "node {i}: a Seq lost, doubled or reordered");
+        }
+    }
+    pbx.stop_flood();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_after_the_frames_were_published_replays_them_from_the_stream() {
+    let redis = redis_or_skip!();
+    let pbxs = sims(1).await;
+    let mut hubs = start_nodes(&redis, &["a"], &pbxs);
+    hubs[0].wait_status(1, "Connected").await;
+    let mut first = hubs[0].ws().await;
+    first
+        .wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    let pbx = &pbxs[0];
+    pbx.flood(FloodSpec {
+        rate_per_s: Some(2000),
+        count: Some(1500),
+        event_bytes: 200,
+    });
+    first
+        .wait_for("100 flood events", |v| flood_seq(v, 1) >= Some(100))
+        .await;
+    let (epoch, offset) = last_position(&first, 1);
+    let upto = first
+        .seen
+        .iter()
+        .filter_map(|v| flood_seq(v, 1))
+        .next_back()
+        .expect("a Seq");
+    first
+        .wait_for("the last flood event", |v| flood_seq(v, 1) == Some(1500))
+        .await;
+    // Node b starts only now: all it can replay is what the stream holds.
+    hubs.push(Amihub::start(&node_config(&redis, "b", &pbxs)));
+    hubs[1].wait_status(1, "Connected").await;
+    let url = hubs[1].ws_url(&format!("/ws?resume=1:{epoch}:{offset}"));
+    let mut back = Client::connect(&url).await;
+    let reply = back.wait_for("the Resume reply", is_resume_reply).await;
+    assert!(
+        reply["data"]["Servers"]["1"]["Replayed"].as_u64() >= Some(1500 - upto),
+        "{reply}"
+    );
+    let seen: Vec<&Value> = back.seen.iter().collect();
+    assert_eq!(
+        seqs(&seen, 1),
+        ((upto + 1)..=1500).collect::<Vec<u64>>(),
+        "every Seq after the position, once, in order"
+    );
+    assert_offsets_run_on(&seen, 1, &epoch, offset + 1);
 }

@@ -19,23 +19,6 @@ fn one_server(sim: &SimPbx, extra: &str) -> String {
     server_toml(1, "pbx1", sim, "admin", "secret", extra)
 }
 
-/// The history position of a broadcast frame of server `sid`.
-fn position(v: &Value, sid: u64) -> Option<(String, u64)> {
-    if v["server_id"] != sid {
-        return None;
-    }
-    Some((v["epoch"].as_str()?.to_string(), v["offset"].as_u64()?))
-}
-
-/// The newest position of server `sid` among what `c` has seen.
-fn last_position(c: &Client, sid: u64) -> (String, u64) {
-    c.seen
-        .iter()
-        .rev()
-        .find_map(|v| position(v, sid))
-        .expect("a broadcast frame with epoch and offset")
-}
-
 fn is_flood(v: &Value) -> bool {
     is_event(v, 1, "UserEvent") && v["data"]["UserEvent"] == "Flood"
 }
@@ -45,14 +28,6 @@ fn seq_of(v: &Value) -> u64 {
         .as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("flood event without a numeric Seq: {v}"))
-}
-
-fn is_resume_reply(v: &Value) -> bool {
-    v["type"] == 8 && v["data"]["ProxyAction"] == "Resume"
-}
-
-fn is_gap(v: &Value, sid: u64) -> bool {
-    v["type"] == 7 && v["server_id"] == sid && v["data"]["Reason"] == "resume gap"
 }
 
 /// One event from the simulator, tagged so the test can find it.
@@ -137,22 +112,8 @@ async fn a_client_that_drops_for_two_seconds_in_a_flood_gets_every_seq_exactly_o
     for w in seqs.windows(2) {
         assert_eq!(w[1], w[0] + 1, "a Seq was lost, doubled or reordered");
     }
-    // Offsets run on without a hole across the two connections, in one epoch. (The statuses a
-    // session gets on joining repeat the newest position: a type 7 with the same offset.)
-    let positioned: Vec<(&Value, String, u64)> = all
-        .iter()
-        .filter_map(|v| position(v, 1).map(|(e, o)| (*v, e, o)))
-        .collect();
-    assert!(positioned.iter().all(|(_, e, _)| *e == epoch));
-    let at = positioned
-        .iter()
-        .position(|(_, _, o)| *o == offset)
-        .expect("resume point");
-    for w in positioned[at..].windows(2) {
-        let ((_, _, a), (next, _, b)) = (&w[0], &w[1]);
-        let repeat = *b == *a && next["type"] == 7;
-        assert!(*b == *a + 1 || repeat, "offset {a} then {b}: {next}");
-    }
+    // Offsets run on without a hole across the two connections, in one epoch.
+    assert_offsets_run_on(&all, 1, &epoch, offset);
     let m = metric_at(hub.addr, "amihub_resume_frames_total", &[]).await;
     assert!(m >= replayed, "amihub_resume_frames_total {m} < {replayed}");
 }

@@ -537,3 +537,53 @@ pub fn is_event(v: &Value, sid: u64, name: &str) -> bool {
 pub fn is_status(v: &Value, sid: u64, status: &str) -> bool {
     v["type"] == 7 && v["server_id"] == sid && v["data"]["Status"] == status
 }
+
+/// The history position (SPEC §10) of a broadcast frame of server `sid`.
+pub fn position(v: &Value, sid: u64) -> Option<(String, u64)> {
+    if v["server_id"] != sid {
+        return None;
+    }
+    Some((v["epoch"].as_str()?.to_string(), v["offset"].as_u64()?))
+}
+
+/// The newest position of server `sid` among what `c` has seen.
+pub fn last_position(c: &Client, sid: u64) -> (String, u64) {
+    c.seen
+        .iter()
+        .rev()
+        .find_map(|v| position(v, sid))
+        .expect("a broadcast frame with epoch and offset")
+}
+
+/// The type-8 reply to a Resume.
+pub fn is_resume_reply(v: &Value) -> bool {
+    v["type"] == 8 && v["data"]["ProxyAction"] == "Resume"
+}
+
+/// The type 7 a resume that history no longer covers gets for server `sid`.
+pub fn is_gap(v: &Value, sid: u64) -> bool {
+    v["type"] == 7 && v["server_id"] == sid && v["data"]["Reason"] == "resume gap"
+}
+
+/// From the frame at `offset` on, the positions of server `sid` in `frames` run on without a
+/// hole, all in `epoch`. (The statuses a session gets on joining repeat the newest position: a
+/// type 7 with the same offset.)
+pub fn assert_offsets_run_on(frames: &[&Value], sid: u64, epoch: &str, offset: u64) {
+    let positioned: Vec<(&Value, String, u64)> = frames
+        .iter()
+        .filter_map(|v| position(v, sid).map(|(e, o)| (*v, e, o)))
+        .collect();
+    assert!(
+        positioned.iter().all(|(_, e, _)| e == epoch),
+        "more than one epoch"
+    );
+    let at = positioned
+        .iter()
+        .position(|(_, _, o)| *o == offset)
+        .expect("resume point");
+    for w in positioned[at..].windows(2) {
+        let ((_, _, a), (next, _, b)) = (&w[0], &w[1]);
+        let repeat = *b == *a && next["type"] == 7;
+        assert!(*b == *a + 1 || repeat, "offset {a} then {b}: {next}");
+    }
+}

@@ -12,12 +12,14 @@ use super::node::{Node, Untrack};
 use super::store::Store;
 use super::wire::{encode_action, Entry, Item};
 use crate::ami::Action;
+use crate::amisrv::render::status_event;
 use crate::config::ServerSettings;
 use crate::pbx::{
     GetQuality, GetState, PbxError, SendAction, ServerStatus, Shutdown, StateTracker,
 };
-use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
-use crate::ws::protocol::{encode_packet, ServerTag};
+use crate::registry::fanout::Outgoing;
+use crate::registry::{At, Inbound, KeepHistory, PbxPackets, PbxStatusChanged, Registry};
+use crate::ws::protocol::{encode_packet, encode_prompt, encode_status_with, ServerTag};
 
 /// How long an action waits for a server that has no owner (a takeover in progress).
 const OWNER_WAIT: Duration = Duration::from_secs(2);
@@ -26,7 +28,55 @@ const OWNER_WAIT: Duration = Duration::from_secs(2);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Feed {
+    /// The stream's epoch, when the reader knows it (a change means a new history).
+    pub epoch: Option<Arc<str>>,
+    /// The stream's newest offset before these entries, on (re)reading its head.
+    pub head: Option<u64>,
     pub entries: Vec<Entry>,
+}
+
+/// What the stream held when this node began following it: history, for resume only.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Backfill {
+    pub epoch: Arc<str>,
+    /// Broadcast entries only, oldest first.
+    pub entries: Vec<Entry>,
+}
+
+/// Where this node is in the server's shared history.
+#[derive(Default)]
+pub struct Place {
+    pub epoch: Option<Arc<str>>,
+    pub newest: u64,
+}
+
+impl Place {
+    /// Takes what a feed says of the stream.
+    fn follow(&mut self, feed: &Feed) {
+        if let Some(e) = &feed.epoch {
+            if self.epoch.as_ref() != Some(e) {
+                self.epoch = Some(e.clone());
+                self.newest = 0;
+            }
+        }
+        if let Some(h) = feed.head {
+            self.newest = h;
+        }
+    }
+
+    /// The position of an entry (None before the epoch is known).
+    fn at(&mut self, offset: Option<u64>) -> Option<At> {
+        let epoch = self.epoch.clone()?;
+        if let Some(o) = offset {
+            self.newest = o;
+        }
+        Some(At {
+            epoch,
+            offset: self.newest,
+            kept: offset.is_some(),
+        })
+    }
 }
 
 pub struct Mirror {
@@ -38,6 +88,7 @@ pub struct Mirror {
     pub node: Addr<Node>,
     pub tracker: StateTracker,
     pub connected: bool,
+    pub place: Place,
 }
 
 impl Actor for Mirror {
@@ -88,7 +139,13 @@ impl Mirror {
         }
     }
 
-    fn on_status(&mut self, ctx: &mut Context<Self>, status: ServerStatus, reason: String) {
+    fn on_status(
+        &mut self,
+        ctx: &mut Context<Self>,
+        status: ServerStatus,
+        reason: String,
+        at: Option<At>,
+    ) {
         let was = self.connected;
         self.connected = status == ServerStatus::Connected;
         if self.connected && !was {
@@ -115,6 +172,7 @@ impl Mirror {
             reason,
             banner: None,
             state_version: None,
+            at,
         });
     }
 }
@@ -123,8 +181,10 @@ impl Handler<Feed> for Mirror {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: Feed, ctx: &mut Context<Self>) -> Self::Result {
+        self.place.follow(&msg);
         let mut batch: Vec<Inbound> = Vec::new();
         for entry in msg.entries {
+            let at = self.place.at(entry.offset);
             match entry.item {
                 Item::Packet(p) => {
                     if let Some(p) = self.tracker.track(p) {
@@ -132,7 +192,13 @@ impl Handler<Feed> for Mirror {
                             .action_id()
                             .is_none()
                             .then(|| encode_packet(&self.tag, &p, None));
-                        batch.push(Inbound { packet: p, json });
+                        // Replies (no offset) are routed, not placed.
+                        let at = at.filter(|a| a.kept);
+                        batch.push(Inbound {
+                            packet: p,
+                            json,
+                            at,
+                        });
                     }
                     if let Some(v) = self.tracker.take_ready() {
                         let items = std::mem::take(&mut batch);
@@ -144,7 +210,7 @@ impl Handler<Feed> for Mirror {
                         let items = std::mem::take(&mut batch);
                         self.registry.do_send(self.packets(items, None));
                     }
-                    self.on_status(ctx, status, reason);
+                    self.on_status(ctx, status, reason, at);
                 }
                 Item::Banner(banner) => {
                     if !batch.is_empty() {
@@ -158,6 +224,7 @@ impl Handler<Feed> for Mirror {
                         reason: "logging in".into(),
                         banner: Some(banner),
                         state_version: None,
+                        at,
                     });
                 }
             }
@@ -166,6 +233,43 @@ impl Handler<Feed> for Mirror {
         let last = self.registry.send(self.packets(batch, None));
         Box::pin(async move {
             let _ = last.await;
+        })
+    }
+}
+
+impl Handler<Backfill> for Mirror {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Backfill, _ctx: &mut Context<Self>) -> Self::Result {
+        let frames = msg
+            .entries
+            .into_iter()
+            .filter_map(|e| {
+                let at = At {
+                    epoch: msg.epoch.clone(),
+                    offset: e.offset?,
+                    kept: true,
+                };
+                let out = match e.item {
+                    Item::Packet(p) => {
+                        Outgoing::packet(encode_packet(&self.tag, &p, None), p, None)
+                    }
+                    Item::Status { status, reason } => Outgoing::notice(
+                        encode_status_with(&self.tag, status.as_str(), &reason, &[]),
+                        Some(status_event(status.as_str(), &reason)),
+                    ),
+                    Item::Banner(b) => Outgoing::notice(encode_prompt(&self.tag, &b), None),
+                };
+                Some((out, at))
+            })
+            .collect();
+        let sent = self.registry.send(KeepHistory {
+            server_id: self.settings.id,
+            generation: self.generation,
+            frames,
+        });
+        Box::pin(async move {
+            let _ = sent.await;
         })
     }
 }

@@ -8,6 +8,7 @@
 //! `reader` (the XREAD loop), and the actors `node`, `publisher`, `mirror`. Nothing here knows
 //! about sessions, rights or rendering: the registry does all of that, unchanged.
 
+mod history;
 mod keys;
 mod mirror;
 mod node;
@@ -25,9 +26,10 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::ami::Limits;
-use crate::config::{ReconnectSettings, ServerSettings};
+use crate::config::{HistorySettings, ReconnectSettings, ServerSettings};
 use crate::metrics::SharedMetrics;
 use crate::pbx::{PbxHandle, StateTracker};
+use crate::registry::history::FrameLog;
 use crate::registry::Registry;
 use crate::ws::protocol::ServerTag;
 pub use settings::ClusterSettings;
@@ -76,7 +78,13 @@ impl Cluster {
             view.clone(),
         )
         .start();
-        actix::spawn(reader::run(reader_store, view, node.clone(), block_ms));
+        actix::spawn(reader::run(
+            reader_store,
+            view,
+            node.clone(),
+            block_ms,
+            maxlen,
+        ));
         log::info!(
             "cluster: node {} joins via {} (lease {lease} ms)",
             settings.node_id,
@@ -106,6 +114,7 @@ impl Cluster {
             node: self.node.clone(),
             tracker: StateTracker::default(),
             connected: false,
+            place: mirror::Place::default(),
         };
         let addr = mirror::Mirror::start_in_arbiter(arbiter, move |_| m);
         self.node.do_send(node::Track {
@@ -119,6 +128,11 @@ impl Cluster {
             state: addr.clone().recipient(),
             quality: addr.recipient(),
         }
+    }
+
+    /// The registry's history of a mirrored server: positions are the stream's.
+    pub fn frame_log(&self, settings: HistorySettings) -> Box<dyn FrameLog> {
+        Box::new(history::SharedLog::new(settings))
     }
 
     pub fn node_id(&self) -> &str {

@@ -318,6 +318,7 @@ impl Node {
                     reason: format!("previous owner lost its lease; node {} takes over", self.me),
                     banner: None,
                     state_version: None,
+                    at: None,
                 });
             }
         }
@@ -498,6 +499,7 @@ impl Handler<Requests> for Node {
                             items: vec![Inbound {
                                 packet: reply,
                                 json: None,
+                                at: None,
                             }],
                             state_version: None,
                         })

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use redis::streams::StreamId;
 use redis::Value;
 
 use super::keys;
-use super::mirror::{Feed, Mirror};
+use super::mirror::{Backfill, Feed, Mirror};
 use super::node::{Node, Requests};
 use super::store::{Head, Store};
 use super::wire::{decode, decode_action, offset_of, Entry, Item};
@@ -38,10 +39,21 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// How often a node checks every stream's epoch even while Redis answers: a Redis that lost
+/// its data between two reads (a fast restart) shows up here, not as an error.
+const EPOCH_CHECK: Duration = Duration::from_secs(1);
+
 /// Where one server's stream is being read from.
 struct Position {
-    epoch: Option<String>,
+    epoch: Option<Arc<str>>,
     last: String,
+}
+
+/// The broadcast offset an entry id stands at (`<offset>-<n>`; "0-0" before any).
+fn offset_at(id: &str) -> u64 {
+    id.split_once('-')
+        .and_then(|(o, _)| o.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The status a node shows for a server before (or instead of) reading its stream.
@@ -67,27 +79,89 @@ fn head_entries(head: &Head) -> Vec<Entry> {
     out
 }
 
-fn lost_entry(why: &str) -> Entry {
-    Entry {
-        offset: None,
-        item: Item::Status {
-            status: ServerStatus::Disconnected,
-            reason: format!("cluster store unreachable: {why}"),
-        },
+fn lost_feed(why: &str) -> Feed {
+    Feed {
+        epoch: None,
+        head: None,
+        entries: vec![Entry {
+            offset: None,
+            item: Item::Status {
+                status: ServerStatus::Disconnected,
+                reason: format!("cluster store unreachable: {why}"),
+            },
+        }],
     }
 }
 
-pub async fn run(store: Store, view: SharedView, node: Addr<Node>, block_ms: u64) {
+/// The broadcast entries among `ids`, decoded, with the id of the last one read.
+fn entries_of(server: u32, ids: Vec<StreamId>, last: &mut String) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(ids.len());
+    for e in ids {
+        *last = e.id.clone();
+        let kind = e.map.get("k").and_then(text).unwrap_or_default();
+        let data = e.map.get("d").and_then(text).unwrap_or_default();
+        match decode(&kind, &data) {
+            Ok(item) => entries.push(Entry {
+                offset: offset_of(&e.id, &kind),
+                item,
+            }),
+            Err(err) => log::warn!("server {server}: unreadable stream entry {}: {err}", e.id),
+        }
+    }
+    entries
+}
+
+/// Gives a mirror that starts following a stream what the stream still holds (up to
+/// `max_frames` broadcast entries), as history its sessions may resume from.
+async fn backfill(
+    store: &Store,
+    server: u32,
+    head: &super::store::Head,
+    max_frames: usize,
+    mirror: &Addr<Mirror>,
+) -> Result<(), super::store::StoreError> {
+    let Some(epoch) = head.epoch.as_deref() else {
+        return Ok(());
+    };
+    if head.last_id == "0-0" || max_frames == 0 {
+        return Ok(());
+    }
+    let ids = store.backlog(server, &head.last_id, max_frames).await?;
+    let mut last = String::new();
+    let entries: Vec<Entry> = entries_of(server, ids, &mut last)
+        .into_iter()
+        .filter(|e| e.offset.is_some())
+        .collect();
+    if !entries.is_empty() {
+        let _ = mirror
+            .send(Backfill {
+                epoch: Arc::from(epoch),
+                entries,
+            })
+            .await;
+    }
+    Ok(())
+}
+
+pub async fn run(
+    store: Store,
+    view: SharedView,
+    node: Addr<Node>,
+    block_ms: u64,
+    max_frames: usize,
+) {
     let mut pos: BTreeMap<u32, Position> = BTreeMap::new();
     let mut req_pos: BTreeMap<u32, (String, String)> = BTreeMap::new();
     let mut lost = false;
     let mut backoff = Duration::from_millis(100);
+    let mut checked = tokio::time::Instant::now();
     loop {
         let (mirrors, owned) = match view.lock() {
             Ok(v) => (v.mirrors.clone(), v.owned.clone()),
             Err(_) => return,
         };
         pos.retain(|s, _| mirrors.contains_key(s));
+        let check = lost || checked.elapsed() >= EPOCH_CHECK;
         let result = step(
             &store,
             &mirrors,
@@ -96,9 +170,14 @@ pub async fn run(store: Store, view: SharedView, node: Addr<Node>, block_ms: u64
             &mut req_pos,
             &node,
             block_ms,
+            max_frames,
             lost,
+            check,
         )
         .await;
+        if check && result.is_ok() {
+            checked = tokio::time::Instant::now();
+        }
         match result {
             Ok(()) => {
                 lost = false;
@@ -108,11 +187,7 @@ pub async fn run(store: Store, view: SharedView, node: Addr<Node>, block_ms: u64
                 if !lost {
                     log::warn!("cluster: lost Redis ({e}); retrying");
                     for m in mirrors.values() {
-                        let _ = m
-                            .send(Feed {
-                                entries: vec![lost_entry(&e.to_string())],
-                            })
-                            .await;
+                        let _ = m.send(lost_feed(&e.to_string())).await;
                     }
                 }
                 lost = true;
@@ -132,36 +207,71 @@ async fn step(
     req_pos: &mut BTreeMap<u32, (String, String)>,
     node: &Addr<Node>,
     block_ms: u64,
+    max_frames: usize,
     recovering: bool,
+    check: bool,
 ) -> Result<(), super::store::StoreError> {
-    // Start (or, after an outage, re-check) each server: same epoch = carry on; otherwise
-    // the history is gone and reading starts at the new head.
+    // Which followed streams changed epoch (or lost it) since they were read.
+    let mut stale: Vec<u32> = Vec::new();
+    if check && !pos.is_empty() {
+        let ids: Vec<u32> = pos.keys().copied().collect();
+        let epochs = store.epochs(&ids).await?;
+        for (id, e) in ids.into_iter().zip(epochs) {
+            if pos
+                .get(&id)
+                .is_some_and(|p| p.epoch.as_deref() != e.as_deref())
+            {
+                stale.push(id);
+            }
+        }
+    }
+    // Start (or, after an outage, re-check) each server: same epoch = carry on from where
+    // reading stopped; a new one is a new history, read from its first entry (every frame of
+    // it is news to every session here).
     for (id, m) in mirrors {
-        if pos.contains_key(id) && !recovering {
+        let known = pos.contains_key(id) && !stale.contains(id);
+        if known && !recovering {
             continue;
         }
         let head = store.head(*id).await?;
-        let same = pos
+        let epoch: Option<Arc<str>> = head.epoch.as_deref().map(Arc::from);
+        let carry_on = pos
             .get(id)
-            .is_some_and(|p| p.epoch == head.epoch && p.epoch.is_some());
-        if !same {
-            if let Some(old) = pos.get(id) {
+            .is_some_and(|p| p.epoch.is_some() && p.epoch == epoch);
+        if carry_on {
+            let feed = Feed {
+                epoch,
+                head: None,
+                entries: head_entries(&head),
+            };
+            let _ = m.send(feed).await;
+            continue;
+        }
+        let (last, at) = match pos.get(id) {
+            Some(old) => {
                 log::warn!(
-                    "server {id}: cluster history {:?} is gone (now {:?}); reading from its new head",
+                    "server {id}: cluster history {:?} is gone (now {:?}); reading the new one from its start",
                     old.epoch,
                     head.epoch
                 );
+                ("0-0".to_string(), 0)
             }
-            pos.insert(
-                *id,
-                Position {
-                    epoch: head.epoch.clone(),
-                    last: head.last_id.clone(),
-                },
-            );
-        }
+            None => {
+                backfill(store, *id, &head, max_frames, m).await?;
+                (head.last_id.clone(), offset_at(&head.last_id))
+            }
+        };
+        pos.insert(
+            *id,
+            Position {
+                epoch: epoch.clone(),
+                last,
+            },
+        );
         let _ = m
             .send(Feed {
+                epoch,
+                head: Some(at),
                 entries: head_entries(&head),
             })
             .await;
@@ -221,20 +331,18 @@ async fn step(
         let (Some(p), Some(m)) = (pos.get_mut(&server), mirrors.get(&server)) else {
             continue;
         };
-        let mut entries = Vec::with_capacity(key.ids.len());
-        for e in key.ids {
-            p.last = e.id.clone();
-            let kind = e.map.get("k").and_then(text).unwrap_or_default();
-            let data = e.map.get("d").and_then(text).unwrap_or_default();
-            match decode(&kind, &data) {
-                Ok(item) => entries.push(Entry {
-                    offset: offset_of(&e.id, &kind),
-                    item,
-                }),
-                Err(err) => log::warn!("server {server}: unreadable stream entry {}: {err}", e.id),
-            }
+        if p.epoch.is_none() {
+            // The first owner made the epoch before it published anything.
+            let e = store.epochs(&[server]).await?;
+            p.epoch = e.into_iter().next().flatten().as_deref().map(Arc::from);
         }
-        let _ = m.send(Feed { entries }).await;
+        let entries = entries_of(server, key.ids, &mut p.last);
+        let feed = Feed {
+            epoch: p.epoch.clone(),
+            head: None,
+            entries,
+        };
+        let _ = m.send(feed).await;
     }
     Ok(())
 }

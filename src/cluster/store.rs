@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::streams::StreamReadReply;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -326,6 +326,17 @@ impl Store {
         self.note(r).await
     }
 
+    /// The epoch of each server's history (None = none yet, or Redis lost it).
+    pub async fn epochs(&self, servers: &[u32]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut c = self.conn().await?;
+        let epoch_keys: Vec<String> = servers.iter().map(|s| keys::epoch(*s)).collect();
+        let r: redis::RedisResult<Vec<Option<String>>> = redis::cmd("MGET")
+            .arg(&epoch_keys)
+            .query_async(&mut c)
+            .await;
+        self.note(r).await
+    }
+
     /// Epoch, last entry id, last status and banner of a server, in one transaction.
     pub async fn head(&self, server: u32) -> Result<Head, StoreError> {
         let mut c = self.conn().await?;
@@ -357,6 +368,27 @@ impl Store {
             status,
             banner,
         })
+    }
+
+    /// Up to `count` entries of the server's stream up to `last` (inclusive), oldest first.
+    pub async fn backlog(
+        &self,
+        server: u32,
+        last: &str,
+        count: usize,
+    ) -> Result<Vec<StreamId>, StoreError> {
+        let mut c = self.conn().await?;
+        let r: redis::RedisResult<StreamRangeReply> = redis::cmd("XREVRANGE")
+            .arg(keys::events(server))
+            .arg(last)
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut c)
+            .await;
+        let mut ids = self.note(r).await?.ids;
+        ids.reverse();
+        Ok(ids)
     }
 
     /// XREAD BLOCK over `streams` (key, last id seen); None when nothing came in time.

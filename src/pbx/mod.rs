@@ -222,6 +222,7 @@ impl PbxConn {
             reason: reason.to_string(),
             banner,
             state_version: None,
+            at: None,
         }));
     }
 
@@ -334,6 +335,7 @@ impl PbxConn {
             reason: "logging in".into(),
             banner: Some(banner),
             state_version: None,
+            at: None,
         }));
         if self.settings.auth == AuthMode::Md5 {
             self.phase = Phase::Challenge;
@@ -631,6 +633,7 @@ impl Rendered {
                 json: span
                     .and_then(|(start, end)| text.get(start..end))
                     .map(|frame| text.slice_ref(frame)),
+                at: None,
             })
             .collect()
     }

@@ -185,7 +185,11 @@ impl Handler<DropServer> for Registry {
         let status = ServerStatus::Disconnected.as_str();
         let frame = encode_status(&tag, status, "removed");
         let notice = crate::amisrv::render::status_event(status, "removed");
-        self.broadcast(ctx, msg.id, vec![Outgoing::notice(frame, Some(notice))]);
+        self.broadcast(
+            ctx,
+            msg.id,
+            vec![(Outgoing::notice(frame, Some(notice)), None)],
+        );
         if let Some(entry) = self.servers.remove(&msg.id) {
             let addr = entry.addr;
             actix::spawn(async move {

@@ -15,10 +15,28 @@ use crate::config::FanoutSettings;
 
 use super::fanout::Outgoing;
 
+/// What a held frame weighs against `flush_bytes`.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for Outgoing {
+    fn weight(&self) -> usize {
+        self.frame.len()
+    }
+}
+
+/// A frame with what travels beside it (in cluster mode, its place in the shared history).
+impl<P> Weight for (Outgoing, P) {
+    fn weight(&self) -> usize {
+        self.0.frame.len()
+    }
+}
+
 /// What the registry does with a batch it asked to hold.
-pub enum Hold {
+pub enum Hold<T> {
     /// Coalescing is off: fan this batch out now.
-    Now(Vec<Outgoing>),
+    Now(Vec<T>),
     /// Held; flush once `Duration` has passed since the first held frame (arm a timer if none).
     Later(Duration),
     /// Held frames passed `flush_bytes`: flush everything now.
@@ -26,14 +44,14 @@ pub enum Hold {
 }
 
 /// Broadcast frames waiting for the next flush, per server, in arrival order.
-pub struct Held {
+pub struct Held<T> {
     settings: FanoutSettings,
-    servers: Vec<(u32, Vec<Outgoing>)>,
+    servers: Vec<(u32, Vec<T>)>,
     bytes: usize,
 }
 
-impl Held {
-    pub fn new(settings: FanoutSettings) -> Held {
+impl<T: Weight> Held<T> {
+    pub fn new(settings: FanoutSettings) -> Held<T> {
         Held {
             settings,
             servers: Vec::new(),
@@ -42,11 +60,11 @@ impl Held {
     }
 
     /// Holds a server's batch until the next flush (or hands it back when coalescing is off).
-    pub fn hold(&mut self, server: u32, batch: Vec<Outgoing>) -> Hold {
+    pub fn hold(&mut self, server: u32, batch: Vec<T>) -> Hold<T> {
         if self.settings.flush_interval_ms == 0 {
             return Hold::Now(batch);
         }
-        self.bytes += batch.iter().map(|o| o.frame.len()).sum::<usize>();
+        self.bytes += batch.iter().map(Weight::weight).sum::<usize>();
         match self.servers.iter_mut().find(|(id, _)| *id == server) {
             Some((_, held)) => held.extend(batch),
             None => self.servers.push((server, batch)),
@@ -59,18 +77,18 @@ impl Held {
     }
 
     /// `batch` of `server` preceded by what is held for that server (which is no longer held).
-    pub fn before(&mut self, server: u32, batch: Vec<Outgoing>) -> Vec<Outgoing> {
+    pub fn before(&mut self, server: u32, batch: Vec<T>) -> Vec<T> {
         let Some(i) = self.servers.iter().position(|(id, _)| *id == server) else {
             return batch;
         };
         let (_, mut held) = self.servers.swap_remove(i);
-        self.bytes -= held.iter().map(|o| o.frame.len()).sum::<usize>();
+        self.bytes -= held.iter().map(Weight::weight).sum::<usize>();
         held.extend(batch);
         held
     }
 
     /// Everything held, per server; nothing is held afterwards.
-    pub fn drain(&mut self) -> Vec<(u32, Vec<Outgoing>)> {
+    pub fn drain(&mut self) -> Vec<(u32, Vec<T>)> {
         self.bytes = 0;
         std::mem::take(&mut self.servers)
     }

@@ -62,6 +62,14 @@ pub trait FrameLog {
     /// Drops frames older than the age bound.
     fn expire(&mut self, now: Instant);
     fn usage(&self) -> Usage;
+    /// Cluster mode: keeps `frame` at the position a shared store gave it, or (None) only moves
+    /// to that position. A log that numbers its own frames just appends.
+    fn append_at(&mut self, at: &super::At, frame: Option<InBatch>, now: Instant) {
+        let _ = at;
+        if let Some(frame) = frame {
+            self.append(frame, now);
+        }
+    }
 }
 
 /// One kept frame: its bytes, and what replay filtering needs to look inside it.

@@ -57,7 +57,23 @@ const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub struct Inbound {
     pub packet: Packet,
     pub json: Option<ByteString>,
+    /// Cluster mode: its place in the server's shared history (None for replies).
+    pub at: Option<At>,
 }
+
+/// A frame's place in a history shared by several nodes (cluster mode, SPEC §10/§11): the
+/// stream's epoch and the entry's offset, so every node stamps and keeps the same positions.
+/// `kept` is false for what a node says on its own (its view of the store): that frame takes
+/// the position of the newest frame before it and is no frame of the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct At {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub kept: bool,
+}
+
+/// A broadcast frame on its way to the fan-out, with its shared-history place (cluster mode).
+type Framed = (Outgoing, Option<At>);
 
 /// Packets read from one PBX, in wire order.
 #[derive(Message)]
@@ -82,6 +98,18 @@ pub struct PbxStatusChanged {
     pub banner: Option<String>,
     /// Set when the server's live state has just been rebuilt.
     pub state_version: Option<u64>,
+    /// Cluster mode: its place in the server's shared history.
+    pub at: Option<At>,
+}
+
+/// Cluster mode: frames a shared history held before this node followed it, kept for resume
+/// and sent to no one (they are older than anything live here).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KeepHistory {
+    pub server_id: u32,
+    pub generation: u64,
+    pub frames: Vec<(Outgoing, At)>,
 }
 
 /// A session joins: a JSON session receives current statuses, then what it may see.
@@ -186,7 +214,7 @@ pub struct Registry {
     history: HistorySettings,
     marks: resume::Marks,
     /// Broadcast frames waiting for the next flush (`[fanout]`), and the flush timer.
-    held: Held,
+    held: Held<Framed>,
     flush_timer: Option<SpawnHandle>,
 }
 
@@ -231,7 +259,7 @@ impl Registry {
     }
 
     /// Holds a server's broadcast frames for the next flush (`[fanout]`), or fans them out now.
-    fn hold(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Outgoing>) {
+    fn hold(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Framed>) {
         match self.held.hold(server, batch) {
             Hold::Now(batch) => self.broadcast(ctx, server, batch),
             Hold::Full => self.flush(ctx),
@@ -259,9 +287,12 @@ impl Registry {
         }
     }
 
-    /// A fresh history for a server entry (a new epoch).
+    /// A fresh history for a server entry (a new epoch; in cluster mode, the stream's).
     fn new_history(&self) -> Box<dyn FrameLog> {
-        Box::new(History::new(self.history.clone()))
+        match &self.cluster {
+            Some(c) => c.frame_log(self.history.clone()),
+            None => Box::new(History::new(self.history.clone())),
+        }
     }
 
     /// Cluster mode: each server's actor is a mirror of the shared stream (SPEC §11).
@@ -299,28 +330,62 @@ impl Registry {
     }
 
     /// Stamps a server's broadcast frames with their history position, fans them out and keeps
-    /// them for resume (the same bytes, shared).
-    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Outgoing>) {
-        let mut batch = self.held.before(server, batch);
+    /// them for resume (the same bytes, shared). A single node numbers them itself; in cluster
+    /// mode each comes with its stream position, and a frame without one (the node's own) takes
+    /// the position of the frame before it.
+    fn broadcast(
+        &mut self,
+        ctx: &mut Context<Self>,
+        server: u32,
+        batch: Vec<Framed>,
+    ) {
+        let batch = self.held.before(server, batch);
+        let shared = self.cluster.is_some();
         let Some(entry) = self.servers.get_mut(&server) else {
             return;
         };
         if batch.is_empty() {
             return;
         }
-        let next = entry.history.newest() + 1;
-        let frames = batch.iter().map(|o| &*o.frame);
-        let stamped = with_positions(frames, entry.history.epoch(), next);
-        for (o, frame) in batch.iter_mut().zip(stamped) {
-            o.frame = frame;
+        let mut places = Vec::with_capacity(if shared { batch.len() } else { 0 });
+        let mut frames: Vec<Outgoing> = Vec::with_capacity(batch.len());
+        if shared {
+            let mut here = At {
+                epoch: entry.history.epoch().into(),
+                offset: entry.history.newest(),
+                kept: false,
+            };
+            for (mut o, at) in batch {
+                let at = at.unwrap_or_else(|| here.clone());
+                o.frame = with_position(&o.frame, &at.epoch, at.offset);
+                here = At {
+                    kept: false,
+                    ..at.clone()
+                };
+                places.push(at);
+                frames.push(o);
+            }
+        } else {
+            frames.extend(batch.into_iter().map(|(o, _)| o));
+            let next = entry.history.newest() + 1;
+            let texts = frames.iter().map(|o| &*o.frame);
+            let stamped = with_positions(texts, entry.history.epoch(), next);
+            for (o, frame) in frames.iter_mut().zip(stamped) {
+                o.frame = frame;
+            }
         }
-        let batch: Arc<[Outgoing]> = batch.into();
+        let batch: Arc<[Outgoing]> = frames.into();
         let slow = self
             .sessions
             .broadcast((server, &entry.tag.name), batch.clone());
         let now = Instant::now();
-        for frame in InBatch::all(&batch) {
-            entry.history.append(frame, now);
+        for (i, frame) in InBatch::all(&batch).enumerate() {
+            match places.get(i) {
+                Some(at) => entry.history.append_at(at, at.kept.then_some(frame), now),
+                None => {
+                    entry.history.append(frame, now);
+                }
+            }
         }
         for id in slow {
             self.cut_loose(ctx, id);
@@ -578,11 +643,11 @@ impl Registry {
         let Some(tag) = current.map(|s| s.tag.clone()) else {
             return;
         };
-        let mut batch: Vec<Outgoing> = Vec::with_capacity(msg.items.len());
+        let mut batch: Vec<(Outgoing, Option<At>)> = Vec::with_capacity(msg.items.len());
         for item in msg.items {
             let packet = match item.json {
                 Some(frame) => {
-                    batch.push(Outgoing::packet(frame, item.packet, None));
+                    batch.push((Outgoing::packet(frame, item.packet, None), item.at));
                     continue;
                 }
                 None => item.packet,
@@ -608,7 +673,7 @@ impl Registry {
                 continue;
             }
             let frame = encode_packet(&tag, &packet, restored.as_deref());
-            batch.push(Outgoing::packet(frame, packet, restored));
+            batch.push((Outgoing::packet(frame, packet, restored), item.at));
         }
         self.hold(ctx, msg.server_id, batch);
         if let Some(version) = msg.state_version {
@@ -621,6 +686,7 @@ impl Registry {
                     reason: "state ready".into(),
                     banner: None,
                     state_version: Some(version),
+                    at: None,
                 },
             );
         }
@@ -631,6 +697,33 @@ impl Registry {
 /// (the PBX's broadcast of a client's UserEvent action) is an event for everyone.
 fn is_orphan_reply(p: &Packet) -> bool {
     p.action_id().is_some_and(|id| id.starts_with(ID_PREFIX)) && p.event() != Some("UserEvent")
+}
+
+impl Handler<KeepHistory> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: KeepHistory, _ctx: &mut Context<Self>) {
+        let current = self
+            .servers
+            .get_mut(&msg.server_id)
+            .filter(|s| s.generation == msg.generation);
+        let Some(entry) = current else {
+            return;
+        };
+        let (frames, places): (Vec<Outgoing>, Vec<At>) = msg
+            .frames
+            .into_iter()
+            .map(|(mut o, at)| {
+                o.frame = with_position(&o.frame, &at.epoch, at.offset);
+                (o, at)
+            })
+            .unzip();
+        let batch: Arc<[Outgoing]> = frames.into();
+        let now = Instant::now();
+        for (frame, at) in InBatch::all(&batch).zip(&places) {
+            entry.history.append_at(at, Some(frame), now);
+        }
+    }
 }
 
 impl Handler<PbxStatusChanged> for Registry {
@@ -654,13 +747,19 @@ impl Registry {
         if let Some(banner) = msg.banner {
             let frame = encode_prompt(&tag, &banner);
             server.banner = banner;
-            self.broadcast(ctx, msg.server_id, vec![Outgoing::notice(frame, None)]);
+            let frame = Outgoing::notice(frame, None);
+            self.broadcast(ctx, msg.server_id, vec![(frame, msg.at)]);
             return;
         }
         if msg.status != ServerStatus::Connecting {
             server.settled = true;
         }
-        if server.status == msg.status && server.reason == msg.reason && msg.state_version.is_none()
+        // A status of a shared history is a frame on every node, repeated or not.
+        let shared = msg.at.as_ref().is_some_and(|a| a.kept);
+        if server.status == msg.status
+            && server.reason == msg.reason
+            && msg.state_version.is_none()
+            && !shared
         {
             return;
         }
@@ -683,7 +782,7 @@ impl Registry {
         self.broadcast(
             ctx,
             msg.server_id,
-            vec![Outgoing::notice(frame, Some(notice))],
+            vec![(Outgoing::notice(frame, Some(notice)), msg.at)],
         );
         if was_connected && msg.status != ServerStatus::Connected {
             let text = format!("Server {} disconnected: {}", msg.server_id, msg.reason);
