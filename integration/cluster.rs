@@ -122,6 +122,15 @@ impl Watcher {
         self.frames.lock().unwrap().clone()
     }
 
+    /// The newest history position of server `sid` it got.
+    fn last_position(&self, sid: u64) -> (String, u64) {
+        self.frames()
+            .iter()
+            .rev()
+            .find_map(|v| position(v, sid))
+            .expect("a position")
+    }
+
     async fn wait(&self, what: &str, pred: impl Fn(&[Value]) -> bool) {
         let deadline = tokio::time::Instant::now() + PATIENCE * 2;
         loop {
@@ -562,12 +571,7 @@ async fn redis_restarted_mid_flood_is_reported_recovered_from_and_a_resume_gap_w
         w.wait("300 flood events", |f| floods_since_last_login(f, 1) >= 300)
             .await;
     }
-    let old = watchers[0]
-        .frames()
-        .iter()
-        .rev()
-        .find_map(|v| position(v, 1))
-        .expect("a position");
+    let old = watchers[0].last_position(1);
     let logins = pbx.stats().logins_ok;
 
     redis.kill();
@@ -614,12 +618,7 @@ async fn redis_restarted_mid_flood_is_reported_recovered_from_and_a_resume_gap_w
         .await;
     }
     // A new history: every node names it alike and numbers its frames alike.
-    let new = watchers[0]
-        .frames()
-        .iter()
-        .rev()
-        .find_map(|v| position(v, 1))
-        .expect("a position");
+    let new = watchers[0].last_position(1);
     assert_ne!(new.0, old.0, "history was lost but the epoch stayed");
     let (f0, f1) = (watchers[0].frames(), watchers[1].frames());
     for epoch in [&old.0, &new.0] {

@@ -54,14 +54,15 @@ pub struct Place {
 impl Place {
     /// Takes what a feed says of the stream.
     fn follow(&mut self, feed: &Feed) {
-        if let Some(e) = &feed.epoch {
+        if let Some(h) = feed.head {
+            // (Re)reading the head: its epoch (None = no history yet) and newest offset.
+            self.epoch = feed.epoch.clone();
+            self.newest = h;
+        } else if let Some(e) = &feed.epoch {
             if self.epoch.as_ref() != Some(e) {
                 self.epoch = Some(e.clone());
                 self.newest = 0;
             }
-        }
-        if let Some(h) = feed.head {
-            self.newest = h;
         }
     }
 
