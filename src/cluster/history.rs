@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use crate::config::HistorySettings;
-use crate::registry::fanout::{InBatch, Outgoing};
+use crate::registry::fanout::InBatch;
 use crate::registry::history::{new_epoch, FrameLog, Gap, History, Kept, Usage};
 use crate::registry::At;
 
@@ -112,6 +112,7 @@ impl FrameLog for SharedLog {
 mod tests {
     use super::*;
     use bytestring::ByteString;
+    use crate::registry::fanout::Outgoing;
     use std::sync::Arc;
 
     fn settings(max_frames: usize) -> HistorySettings {
