@@ -736,29 +736,6 @@ async fn a_password_flood_is_rate_limited_and_does_not_lock_out_others() {
 // Medium 7: heavy Subscribe filters
 // ---------------------------------------------------------------------------------------------
 
-/// Reads flood events until `Seq` `count`; panics on a gap, a close or a stall. Other
-/// messages (statuses) are skipped.
-async fn read_flood(mut c: Client, count: u64, within: Duration) -> Client {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = 0;
-    while last < count {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(v) = c.next_json(left).await else {
-            panic!("a plain session stopped at Seq {last} of {count} (closed or stalled)");
-        };
-        if v["type"] != 3 || v["data"]["UserEvent"] != "Flood" {
-            continue;
-        }
-        let seq: u64 = v["data"]["Seq"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("flood event without a numeric Seq: {v}"));
-        assert_eq!(seq, last + 1, "a plain session lost events");
-        last = seq;
-    }
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_subscribe_filters_cost_only_their_own_sessions() {
     use serde_json::json;

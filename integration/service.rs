@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use amihub::sim::FloodSpec;
 use serde_json::json;
 use support::*;
 
@@ -227,6 +228,24 @@ async fn dropped_pbx_connection_reconnects_and_events_resume() {
     assert_eq!(v["server_id"], 1, "server id stable across reconnects");
     let servers = hub.get_json("/api/v1/servers").await;
     assert_eq!(servers["servers"][0]["connects"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_speed_flood_reaches_one_client_whole_and_in_order() {
+    // At full speed one read of the PBX becomes several batches, handed to the registry while
+    // the one before is still being fanned out: none may be reordered or lost on the way.
+    const COUNT: u64 = 50_000;
+    let pbx = sim("pbx1").await;
+    let hub = Amihub::start(&one_server(&pbx, ""));
+    let mut c = hub.ws().await;
+    c.wait_for("Connected", |v| is_status(v, 1, "Connected"))
+        .await;
+    pbx.flood(FloodSpec {
+        rate_per_s: None,
+        count: Some(COUNT),
+        event_bytes: 600,
+    });
+    read_flood(c, COUNT, Duration::from_secs(60)).await;
 }
 
 #[tokio::test]

@@ -587,3 +587,26 @@ pub fn assert_offsets_run_on(frames: &[&Value], sid: u64, epoch: &str, offset: u
         assert!(*b == *a + 1 || repeat, "offset {a} then {b}: {next}");
     }
 }
+
+/// Reads flood events until `Seq` `count`; panics on a gap, a close or a stall. Other
+/// messages (statuses) are skipped.
+pub async fn read_flood(mut c: Client, count: u64, within: Duration) -> Client {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = 0;
+    while last < count {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(v) = c.next_json(left).await else {
+            panic!("a plain session stopped at Seq {last} of {count} (closed or stalled)");
+        };
+        if v["type"] != 3 || v["data"]["UserEvent"] != "Flood" {
+            continue;
+        }
+        let seq: u64 = v["data"]["Seq"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("flood event without a numeric Seq: {v}"));
+        assert_eq!(seq, last + 1, "a plain session lost events");
+        last = seq;
+    }
+    c
+}
