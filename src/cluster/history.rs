@@ -111,8 +111,8 @@ impl FrameLog for SharedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytestring::ByteString;
     use crate::registry::fanout::Outgoing;
+    use bytestring::ByteString;
     use std::sync::Arc;
 
     fn settings(max_frames: usize) -> HistorySettings {

@@ -333,12 +333,7 @@ impl Registry {
     /// them for resume (the same bytes, shared). A single node numbers them itself; in cluster
     /// mode each comes with its stream position, and a frame without one (the node's own) takes
     /// the position of the frame before it.
-    fn broadcast(
-        &mut self,
-        ctx: &mut Context<Self>,
-        server: u32,
-        batch: Vec<Framed>,
-    ) {
+    fn broadcast(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Framed>) {
         let batch = self.held.before(server, batch);
         let shared = self.cluster.is_some();
         let Some(entry) = self.servers.get_mut(&server) else {
