@@ -8,6 +8,9 @@
 //!   reconnects by itself and reloads the state); the page's own socket is cut for three seconds
 //!   while calls start and end (it resumes without a snapshot, and its calls table equals a
 //!   freshly loaded page's); a page with a wrong token is refused and says so.
+//! - `dashboard_cut_off_on_one_cluster_node_resumes_on_another`: two cluster nodes on a real
+//!   redis-server; the page loaded from node A is cut off and reconnects to node B, which
+//!   resumes it (same epoch and offsets on both nodes) with exactly what it missed.
 //! - `dashboard_over_tls_with_token`: the same page over HTTPS (self-signed certificate) with a
 //!   token: the WebSocket must be wss:// with `?token=`, the fetches Bearer.
 //! - `a_foreign_page_cannot_post_actions_with_the_users_credentials` (CSRF) and
@@ -319,6 +322,44 @@ async fn dashboard_follows_simulated_pbx() {
     )
     .await;
     drop(two);
+}
+
+/// Cluster (SPEC §10/§11): the page is served by node A; its socket is cut, and when it comes
+/// back it lands on node B (the node script carries the page's reconnect there, as a load
+/// balancer may), which must replay exactly what the page missed from the shared positions:
+/// no snapshot, and a calls table equal to a freshly loaded page's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_cut_off_on_one_cluster_node_resumes_on_another() {
+    preflight();
+    let redis = support::redis::Redis::start()
+        .await
+        .expect("redis-server (integration/test.sh installs Debian's redis-server)");
+    let sim = SimPbx::start("127.0.0.1:0", sim_config("pbx-one"))
+        .await
+        .expect("start simulator");
+    let token = format!("browser-{:016x}", rand_u64());
+    let node = |id: &str| {
+        format!(
+            "[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nlease_ms = 2000\n\n\
+             [reconnect]\ninitial_ms = 100\nmax_ms = 1000\n\n\
+             [[users]]\nname = \"browser\"\ntoken = \"{token}\"\nactions = [\"*\"]\n\n{}",
+            redis.url(),
+            server_toml(1, "pbx-one", &sim, "admin", "secret", ""),
+        )
+    };
+    let a = Amihub::start(&node("a"));
+    let b = Amihub::start(&node("b"));
+    run_browser(
+        &[
+            ("AMIHUB_URL", format!("http://{}/", a.addr)),
+            ("AMIHUB_TOKEN", token),
+            ("RESUME_ON", format!("http://{}/", b.addr)),
+            ("NODE_OPTIONS", "--experimental-websocket".to_string()),
+            ("SCENARIOS", "resume".to_string()),
+        ],
+        &mut NoSteps,
+    )
+    .await;
 }
 
 /// A self-signed certificate for 127.0.0.1 (PEM cert, PEM key).

@@ -31,6 +31,9 @@ const TOKEN = process.env.AMIHUB_TOKEN || '';
 const SCENARIOS = (process.env.SCENARIOS || 'calls,queue,outage').split(',').map((s) => s.trim()).filter(Boolean);
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.ARTIFACTS || '';
+// Cluster: after the cut, the resume scenario's page reconnects to this other node (as a load
+// balancer may move it), e.g. http://127.0.0.1:PORT/.
+const RESUME_ON = process.env.RESUME_ON || '';
 
 if (!BASE) {
   console.log('FAIL setup: AMIHUB_URL is not set');
@@ -308,10 +311,37 @@ function callsTable(page) {
   ].join(' | ')).sort(), q('call-row'));
 }
 
+/** `url` (the page's WebSocket URL) with the host of the `RESUME_ON` node. */
+function onOtherNode(url) {
+  const u = new URL(url);
+  u.host = new URL(RESUME_ON).host;
+  return u.toString();
+}
+
+/**
+ * Carries the page's routed socket `ws` to `url` over Node's own WebSocket (the page still
+ * believes it talks to its origin); the same `send`/`onMessage`/`close` as `connectToServer()`.
+ */
+function bridge(ws, url) {
+  if (typeof WebSocket === 'undefined') throw new Error('RESUME_ON needs a node with WebSocket (node 22, or 20 with --experimental-websocket)');
+  const sock = new WebSocket(url);
+  const early = [];
+  let deliver = () => {};
+  sock.addEventListener('open', () => { for (const m of early.splice(0)) sock.send(m); });
+  sock.addEventListener('message', (e) => deliver(String(e.data)));
+  sock.addEventListener('close', () => ws.close({ code: 4000, reason: 'the other node closed' }));
+  return {
+    send: (m) => (sock.readyState === WebSocket.OPEN ? sock.send(m) : early.push(m)),
+    onMessage: (fn) => { deliver = fn; },
+    close: () => sock.close(),
+  };
+}
+
 /**
  * The page's WebSocket is cut for a few seconds (Playwright's routeWebSocket: the test closes it
  * and refuses reconnects) while calls start and end; the page resumes (`?resume=`, no snapshot)
- * and its calls table then equals a freshly loaded page's.
+ * and its calls table then equals a freshly loaded page's. With `RESUME_ON` (cluster) the page
+ * comes back on another node, which must replay what it missed from the shared positions.
  */
 async function scenarioResume(context) {
   const page = await context.newPage();
@@ -323,8 +353,9 @@ async function scenarioResume(context) {
       ws.close({ code: 4000, reason: 'test: network cut' });
       return;
     }
-    const server = ws.connectToServer();
-    const conn = { url: ws.url(), sent: [], got: [], ws, server };
+    const moved = RESUME_ON && conns.length > 0;
+    const server = moved ? bridge(ws, onOtherNode(ws.url())) : ws.connectToServer();
+    const conn = { url: ws.url(), node: moved ? RESUME_ON : BASE, sent: [], got: [], ws, server };
     ws.onMessage((m) => {
       conn.sent.push(String(m));
       server.send(m);
@@ -367,6 +398,7 @@ async function scenarioResume(context) {
   const resumed = conns.slice(connsBefore);
   const last = resumed[resumed.length - 1];
   if (!last || !/[?&]resume=1%3A/.test(last.url)) throw new Error(`the reconnect did not resume: ${last && last.url}`);
+  if (RESUME_ON && last.node !== RESUME_ON) throw new Error(`the page resumed on ${last.node}, not ${RESUME_ON}`);
   if (last.sent.some((m) => m.includes('"Snapshot"'))) {
     throw new Error(`the resumed page asked for a snapshot: ${last.sent.join(' ')}; it got: ${last.got.join('\n')}`);
   }

@@ -325,6 +325,7 @@ impl Node {
         let sink = Sink {
             packets: publisher.clone().recipient(),
             status: publisher.clone().recipient(),
+            shared: true,
         };
         let (limits, reconnect, metrics) = (
             self.ami_limits,

@@ -72,6 +72,9 @@ impl ServerStatus {
 pub struct Sink {
     pub packets: Recipient<PbxPackets>,
     pub status: Recipient<PbxStatusChanged>,
+    /// Cluster: a shared stream, read by other nodes' state trackers too, so the replies to
+    /// their snapshot actions go there instead of being dropped here.
+    pub shared: bool,
 }
 
 impl From<Addr<Registry>> for Sink {
@@ -79,6 +82,7 @@ impl From<Addr<Registry>> for Sink {
         Sink {
             packets: a.clone().recipient(),
             status: a.recipient(),
+            shared: false,
         }
     }
 }
@@ -164,6 +168,7 @@ impl PbxConn {
         registry: Sink,
         metrics: SharedMetrics,
     ) -> PbxConn {
+        let relay = registry.shared;
         let (tls, reason) = match connect::tls_connector(&settings) {
             Ok(tls) => (tls, String::new()),
             Err(e) => (None, e.to_string()),
@@ -188,7 +193,7 @@ impl PbxConn {
             ping_seq: 0,
             ping_outstanding: None,
             goodbye: None,
-            tracker: StateTracker::default(),
+            tracker: StateTracker::relaying(relay),
             outbox: None,
             flow: Arc::default(),
         }

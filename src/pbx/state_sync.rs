@@ -60,6 +60,8 @@ pub struct StateTracker {
     open: Vec<String>,
     prefix: String,
     ready: Option<u64>,
+    /// Cluster owner: other trackers' snapshot replies pass through (to the shared stream).
+    relay: bool,
 }
 
 impl Default for StateTracker {
@@ -70,11 +72,21 @@ impl Default for StateTracker {
             open: Vec::new(),
             prefix: format!("{SNAP_PREFIX}{:08x}-", rand::random::<u32>()),
             ready: None,
+            relay: false,
         }
     }
 }
 
 impl StateTracker {
+    /// A tracker whose PBX's packets also feed other trackers (a cluster owner publishing to
+    /// the shared stream, `relay`): their snapshot replies are handed back, not dropped.
+    pub fn relaying(relay: bool) -> StateTracker {
+        StateTracker {
+            relay,
+            ..StateTracker::default()
+        }
+    }
+
     /// Resets the state; returns the snapshot actions to send (their ActionIDs set).
     pub fn start(&mut self) -> Vec<Action> {
         self.state.reset();
@@ -90,12 +102,12 @@ impl StateTracker {
     }
 
     /// Feeds a packet; returns it back unless it belonged to a snapshot action (this tracker's,
-    /// or another's, which is dropped).
+    /// or another's, which is dropped unless this tracker relays).
     pub fn track(&mut self, p: Packet) -> Option<Packet> {
         let id = p.action_id().unwrap_or("");
         if id.starts_with(SNAP_PREFIX) {
             if !self.open.iter().any(|x| x == id) {
-                return None;
+                return self.relay.then_some(p);
             }
             if p.get("Response").is_none() {
                 self.state.apply(&p, now_ms());
