@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::ami::{header, AmiClient};
 use support::redis::Redis;
 use support::*;
 
@@ -481,6 +482,107 @@ async fn actions_from_every_node_reach_the_owner_and_reply_only_to_their_session
         assert_eq!(status, 200, "{body}");
         let v: Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["response"]["Ping"], "Pong", "{v}");
+    }
+    assert_eq!(pbxs[0].stats().max_logged_in, 1);
+}
+
+/// An AJAM `GET /rawman?…` with the session cookie, if any: (response head, body).
+async fn rawman(addr: std::net::SocketAddr, query: &str, cookie: Option<&str>) -> (String, String) {
+    let cookie = cookie
+        .map(|c| format!("Cookie: mansession_id=\"{c}\"\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /rawman?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n{cookie}Connection: close\r\n\r\n"
+    );
+    let (status, head, body) = http_raw(addr, req.as_bytes()).await;
+    assert_eq!(status, 200, "{query}: {head}{body}");
+    (head, body)
+}
+
+/// The AJAM session id in a login's `Set-Cookie`.
+fn ajam_cookie(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            let v = value.trim().strip_prefix("mansession_id=\"")?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| v.split('"').next().unwrap_or("").to_string())
+        })
+        .unwrap_or_else(|| panic!("no AJAM session cookie in {head}"))
+}
+
+/// SPEC §8/§9 in a cluster: an AMI listener session and an AJAM session on each of two nodes
+/// send different actions with one ActionID; whichever node owns the PBX runs them, and each
+/// session gets its own reply, never the other node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ami_listener_and_ajam_actions_from_every_node_reply_only_to_their_session() {
+    let redis = redis_or_skip!();
+    let pbxs = sims(1).await;
+    let hash = amihub::auth::hash_password("amp111").expect("hash");
+    let extra = format!(
+        "[ami_listener]\nlisten = \"127.0.0.1:0\"\n\
+         [[users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\nami_secret = \"amp111\"\n\
+         actions = [\"*\"]\nadmin = true\n"
+    );
+    let hubs: Vec<Amihub> = ["a", "b"]
+        .iter()
+        .map(|n| Amihub::start(&format!("{}{extra}", node_config(&redis, n, &pbxs))))
+        .collect();
+    // (action, a header only its reply has), one per node.
+    let asks = [
+        ("CoreStatus", "CoreCurrentCalls"),
+        ("CoreSettings", "AsteriskVersion"),
+    ];
+    let mut amis = Vec::new();
+    for (h, (action, mark)) in hubs.iter().zip(asks) {
+        let mut c = AmiClient::connect(h.ami_addr()).await;
+        c.login("admin", "amp111", "off").await;
+        // Until a node owns the PBX and it is connected, the action fails with an error reply.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            c.send(&format!("Action: {action}\r\nActionID: same\r\n\r\n"))
+                .await;
+            let (reply, _) = c
+                .packet_where(|p| header(p, "ActionID") == Some("same"))
+                .await;
+            if header(&reply, "Response") == Some("Success") {
+                assert!(header(&reply, mark).is_some(), "{action} got: {reply}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{action} kept failing: {reply}");
+        }
+        amis.push(c);
+    }
+    // A second round trip on each AMI session: a reply routed to the wrong node's session would
+    // have arrived before its own.
+    for (i, c) in amis.iter_mut().enumerate() {
+        let fence = format!("fence-{i}");
+        c.send(&format!("Action: CoreStatus\r\nActionID: {fence}\r\n\r\n"))
+            .await;
+        let (_, before) = c
+            .packet_where(|p| header(p, "ActionID") == Some(fence.as_str()))
+            .await;
+        assert!(
+            before.iter().all(|p| header(p, "ActionID") != Some("same")
+                && !header(p, "ActionID").is_some_and(|x| x.starts_with("fence-"))),
+            "node {i}'s AMI session saw another session's reply: {before:?}"
+        );
+    }
+    for (h, (action, mark)) in hubs.iter().zip(asks) {
+        let (head, body) = rawman(h.addr, "action=login&username=admin&secret=amp111", None).await;
+        assert!(body.contains("Authentication accepted"), "{body}");
+        let cookie = ajam_cookie(&head);
+        let q = format!("action={}&actionid=same", action.to_lowercase());
+        let (_, body) = rawman(h.addr, &q, Some(&cookie)).await;
+        assert!(
+            body.contains("Response: Success") && body.contains(mark),
+            "AJAM {action}: {body}"
+        );
+        let other = asks.iter().find(|(a, _)| *a != action).map(|(_, m)| *m);
+        assert!(
+            other.is_some_and(|m| !body.contains(m)),
+            "AJAM {action} got another reply too: {body}"
+        );
     }
     assert_eq!(pbxs[0].stats().max_logged_in, 1);
 }

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::directory::{Create, Lookup};
 use super::request::{parse_request, AjamRequest};
+use super::session::Joined;
 use super::session::{self, AjamSession, Answer, End, Run};
 use super::sessions::{is_id, new_id};
 use super::translate::{html_document, translate, xml_document, Format, XmlTarget};
@@ -354,6 +355,10 @@ async fn log_in(
             };
             match ajam.directory.send(create).await {
                 Ok(Ok(key)) => {
+                    let session = ajam.directory.send(Lookup { key: key.clone() }).await;
+                    if let Ok(Some(session)) = session {
+                        let _ = session.send(Joined).await;
+                    }
                     Metrics::inc(&metrics.ajam_logins_total);
                     log::info!("ajam: {user} logged in from {peer:?}");
                     (StatusCode::OK, login::accepted(id).to_string(), key)

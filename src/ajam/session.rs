@@ -162,6 +162,18 @@ pub fn start(
     Ok(session.start())
 }
 
+/// Answered once the session is in the registry: a login's reply waits for it, so no event
+/// published after the client saw `Authentication accepted` can pass it by.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Joined;
+
+impl Handler<Joined> for AjamSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Joined, _ctx: &mut Context<Self>) {}
+}
+
 impl AjamSession {
     fn name(&self) -> &str {
         &self.user.identity.name
@@ -448,7 +460,8 @@ impl Actor for AjamSession {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         Metrics::inc(&self.shared.metrics.ajam_sessions_total);
-        self.shared.registry.do_send(Join {
+        // Until the registry has the session, it handles nothing else (see [`Joined`]).
+        let join = self.shared.registry.send(Join {
             session: self.id,
             user: self.user.identity.name.clone(),
             out: Some(ctx.address().recipient()),
@@ -458,6 +471,7 @@ impl Actor for AjamSession {
             format: Format::Ami,
             subscription: Some(self.subscription.clone()),
         });
+        ctx.wait(join.into_actor(self).map(|_, _, _| ()));
         if self.key.is_none() {
             return;
         }
