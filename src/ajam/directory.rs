@@ -12,9 +12,9 @@ use super::session::{self, AjamSession, End, Ended, SessionError, Shared};
 use super::sessions::new_id;
 use crate::auth::AmiUser;
 
-/// Start a cookie session; its new id.
+/// Start a cookie session; its new id and its address.
 #[derive(Message)]
-#[rtype(result = "Result<String, SessionError>")]
+#[rtype(result = "Result<(String, Addr<AjamSession>), SessionError>")]
 pub struct Create {
     pub user: AmiUser,
     /// The login's `Events` parameter.
@@ -50,7 +50,7 @@ impl Actor for Directory {
 }
 
 impl Handler<Create> for Directory {
-    type Result = Result<String, SessionError>;
+    type Result = Result<(String, Addr<AjamSession>), SessionError>;
 
     fn handle(&mut self, msg: Create, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(old) = msg.replaces.and_then(|k| self.map.remove(&k)) {
@@ -69,8 +69,8 @@ impl Handler<Create> for Directory {
             msg.events.as_deref(),
             Some((key.clone(), ended)),
         )?;
-        self.map.insert(key.clone(), addr);
-        Ok(key)
+        self.map.insert(key.clone(), addr.clone());
+        Ok((key, addr))
     }
 }
 

@@ -354,11 +354,8 @@ async fn log_in(
                 replaces: cookie,
             };
             match ajam.directory.send(create).await {
-                Ok(Ok(key)) => {
-                    let session = ajam.directory.send(Lookup { key: key.clone() }).await;
-                    if let Ok(Some(session)) = session {
-                        let _ = session.send(Joined).await;
-                    }
+                Ok(Ok((key, session))) => {
+                    let _ = session.send(Joined).await;
                     Metrics::inc(&metrics.ajam_logins_total);
                     log::info!("ajam: {user} logged in from {peer:?}");
                     (StatusCode::OK, login::accepted(id).to_string(), key)

@@ -218,15 +218,12 @@ impl Handler<Feed> for Mirror {
                         let items = std::mem::take(&mut batch);
                         self.registry.do_send(self.packets(items, None));
                     }
-                    self.registry.do_send(PbxStatusChanged {
-                        server_id: self.settings.id,
-                        generation: self.generation,
-                        status: ServerStatus::Connecting,
-                        reason: "logging in".into(),
-                        banner: Some(banner),
-                        state_version: None,
+                    self.registry.do_send(PbxStatusChanged::logging_in(
+                        self.settings.id,
+                        self.generation,
+                        banner,
                         at,
-                    });
+                    ));
                 }
             }
         }

@@ -333,15 +333,12 @@ impl PbxConn {
                 self.settings.name
             );
         }
-        self.forward(ToSink::Status(PbxStatusChanged {
-            server_id: self.settings.id,
-            generation: self.generation,
-            status: ServerStatus::Connecting,
-            reason: "logging in".into(),
-            banner: Some(banner),
-            state_version: None,
-            at: None,
-        }));
+        self.forward(ToSink::Status(PbxStatusChanged::logging_in(
+            self.settings.id,
+            self.generation,
+            banner,
+            None,
+        )));
         if self.settings.auth == AuthMode::Md5 {
             self.phase = Phase::Challenge;
             let ch = Action::new("Challenge")

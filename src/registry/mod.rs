@@ -102,6 +102,21 @@ pub struct PbxStatusChanged {
     pub at: Option<At>,
 }
 
+impl PbxStatusChanged {
+    /// A banner was read: the connection is logging in.
+    pub fn logging_in(server_id: u32, generation: u64, banner: String, at: Option<At>) -> Self {
+        PbxStatusChanged {
+            server_id,
+            generation,
+            status: ServerStatus::Connecting,
+            reason: "logging in".into(),
+            banner: Some(banner),
+            state_version: None,
+            at,
+        }
+    }
+}
+
 /// Cluster mode: frames a shared history held before this node followed it, kept for resume
 /// and sent to no one (they are older than anything live here).
 #[derive(Message)]
