@@ -357,9 +357,10 @@ impl Default for HistorySettings {
     }
 }
 
-/// Write coalescing of the broadcast fan-out: a server's frames are held for at most
-/// `flush_interval_ms` (or until `flush_bytes` are held) and go to every session as one batch,
-/// one socket write each. 0 = off (every PBX read is fanned out at once).
+/// Write coalescing of the broadcast fan-out: broadcast frames go to every session at most once
+/// per `flush_interval_ms`, as one batch and one socket write each. A frame arriving when the
+/// last flush is an interval old goes out at once; one arriving sooner waits for the rest of the
+/// interval (or until `flush_bytes` are held). 0 = off (every PBX read is fanned out at once).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FanoutSettings {

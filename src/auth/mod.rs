@@ -79,6 +79,10 @@ impl Allow {
     pub fn allows(&self, item: &str) -> bool {
         match self {
             Allow::All => true,
+            // Checked for every session on every broadcast: without a copy of `item` unless
+            // the list is long and `item` is not in lower case already.
+            Allow::Only(set) if !item.bytes().any(|b| b.is_ascii_uppercase()) => set.contains(item),
+            Allow::Only(set) if set.len() <= 16 => set.iter().any(|s| s.eq_ignore_ascii_case(item)),
             Allow::Only(set) => set.contains(&item.to_ascii_lowercase()),
         }
     }
@@ -122,7 +126,8 @@ impl Rights {
 
     /// A server is named by id or by name in `servers`.
     pub fn may_see_server(&self, id: u32, name: &str) -> bool {
-        self.servers.allows(&id.to_string()) || self.servers.allows(name)
+        // Name first: the id's text is made only when a list must be searched for it.
+        self.servers.allows(name) || self.servers.allows(&id.to_string())
     }
 
     pub fn may_send(&self, action: &str) -> bool {

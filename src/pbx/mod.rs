@@ -36,6 +36,9 @@ pub use state_sync::{GetQuality, GetState, StateTracker};
 const WRITE_QUEUE: usize = 1024;
 /// Packets read before handing them to the registry, at most.
 const BATCH: usize = 512;
+/// The PBX socket's read buffer to start with: a busy PBX's burst is read in few syscalls
+/// (the codec's default, 8 KiB, is about a dozen events per read).
+const READ_BUFFER: usize = 64 * 1024;
 /// Rendered bytes handed to the registry in one message, about.
 const BATCH_BYTES: usize = 64 * 1024;
 /// Batches handed to the sink and not yet answered past which the actor stops reading: one
@@ -262,7 +265,8 @@ impl PbxConn {
     fn attach(&mut self, io: Box<dyn connect::AmiIo>, ctx: &mut Context<Self>) {
         let (read, mut write) = tokio::io::split(io);
         ctx.add_stream(
-            FramedRead::new(read, AmiDecoder::new(self.limits, true)).ready_chunks(BATCH),
+            FramedRead::with_capacity(read, AmiDecoder::new(self.limits, true), READ_BUFFER)
+                .ready_chunks(BATCH),
         );
         let (tx, mut rx) = mpsc::channel::<Action>(WRITE_QUEUE);
         self.writer = Some(tx);

@@ -1,15 +1,18 @@
-//! Write coalescing (`[fanout] flush_interval_ms`, Centrifugo's write delay): each server's
-//! broadcast frames are held for at most one interval, or until they pass `flush_bytes`, and
-//! then fanned out as one batch, so every session gets one wake-up and one socket write per
-//! interval instead of one per PBX read. Frames keep their order (a server's held frames always
-//! go out before anything else of that server), and nothing is stamped or kept for resume
-//! before it is fanned out, so a session joining or resuming meanwhile gets them live.
+//! Write coalescing (`[fanout] flush_interval_ms`, Centrifugo's write delay): broadcast frames
+//! are fanned out at most once per interval, so every session gets one wake-up and one socket
+//! write per interval instead of one per PBX read. A frame that arrives when the last flush is
+//! an interval old or more goes out at once (with everything held before it); one that arrives
+//! sooner is held until the interval is up, or until the held frames pass `flush_bytes`. So a
+//! quiet PBX's events are not delayed at all, and a busy one's wait less than an interval.
+//! Frames keep their order (a server's held frames always go out before anything else of that
+//! server), and nothing is stamped or kept for resume before it is fanned out, so a session
+//! joining or resuming meanwhile gets them live.
 //!
 //! Pure state with no actors and no timers: the registry arms the timer and decides when to
 //! flush early (before any frame it sends a session directly, and before a session's view of
 //! the fan-out changes).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::FanoutSettings;
 
@@ -37,9 +40,10 @@ impl<P> Weight for (Outgoing, P) {
 pub enum Hold<T> {
     /// Coalescing is off: fan this batch out now.
     Now(Vec<T>),
-    /// Held; flush once `Duration` has passed since the first held frame (arm a timer if none).
+    /// Held; flush once `Duration` has passed (arm a timer if none is armed).
     Later(Duration),
-    /// Held frames passed `flush_bytes`: flush everything now.
+    /// The last flush is an interval old, or the held frames passed `flush_bytes`: flush
+    /// everything now.
     Full,
 }
 
@@ -48,6 +52,8 @@ pub struct Held<T> {
     settings: FanoutSettings,
     servers: Vec<(u32, Vec<T>)>,
     bytes: usize,
+    /// When the last flush ([`Held::drain`]) was; None before the first.
+    flushed: Option<Instant>,
 }
 
 impl<T: Weight> Held<T> {
@@ -56,11 +62,13 @@ impl<T: Weight> Held<T> {
             settings,
             servers: Vec::new(),
             bytes: 0,
+            flushed: None,
         }
     }
 
-    /// Holds a server's batch until the next flush (or hands it back when coalescing is off).
-    pub fn hold(&mut self, server: u32, batch: Vec<T>) -> Hold<T> {
+    /// Holds a server's batch that arrived at `now` until the next flush, or says to flush
+    /// now; hands it back when coalescing is off.
+    pub fn hold(&mut self, server: u32, batch: Vec<T>, now: Instant) -> Hold<T> {
         if self.settings.flush_interval_ms == 0 {
             return Hold::Now(batch);
         }
@@ -69,10 +77,14 @@ impl<T: Weight> Held<T> {
             Some((_, held)) => held.extend(batch),
             None => self.servers.push((server, batch)),
         }
-        if self.bytes >= self.settings.flush_bytes {
+        let interval = Duration::from_millis(self.settings.flush_interval_ms);
+        let wait = self.flushed.map_or(Duration::ZERO, |at| {
+            interval.saturating_sub(now.saturating_duration_since(at))
+        });
+        if self.bytes >= self.settings.flush_bytes || wait.is_zero() {
             Hold::Full
         } else {
-            Hold::Later(Duration::from_millis(self.settings.flush_interval_ms))
+            Hold::Later(wait)
         }
     }
 
@@ -87,9 +99,10 @@ impl<T: Weight> Held<T> {
         held
     }
 
-    /// Everything held, per server; nothing is held afterwards.
-    pub fn drain(&mut self) -> Vec<(u32, Vec<T>)> {
+    /// Everything held, per server, flushed at `now`; nothing is held afterwards.
+    pub fn drain(&mut self, now: Instant) -> Vec<(u32, Vec<T>)> {
         self.bytes = 0;
+        self.flushed = Some(now);
         std::mem::take(&mut self.servers)
     }
 
@@ -114,17 +127,25 @@ mod tests {
         batch.iter().map(|o| o.frame.to_string()).collect()
     }
 
-    fn settings(flush_interval_ms: u64, flush_bytes: usize) -> FanoutSettings {
-        FanoutSettings {
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A coalescer that flushed at `t0` (so what arrives then is held).
+    fn flushed_at(t0: Instant, flush_interval_ms: u64, flush_bytes: usize) -> Held<Outgoing> {
+        let mut held = Held::new(FanoutSettings {
             flush_interval_ms,
             flush_bytes,
-        }
+        });
+        assert!(held.drain(t0).is_empty());
+        held
     }
 
     #[test]
     fn off_hands_every_batch_back() {
-        let mut held = Held::new(settings(0, 1 << 16));
-        match held.hold(1, frames(&["a", "b"])) {
+        let t0 = Instant::now();
+        let mut held = flushed_at(t0, 0, 1 << 16);
+        match held.hold(1, frames(&["a", "b"]), t0) {
             Hold::Now(batch) => assert_eq!(texts(&batch), ["a", "b"]),
             _ => panic!("coalescing is off"),
         }
@@ -132,13 +153,44 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_after_a_quiet_interval_goes_out_at_once_and_the_next_waits_out_the_interval() {
+        let t0 = Instant::now();
+        let mut held = Held::new(FanoutSettings {
+            flush_interval_ms: 3,
+            flush_bytes: 1 << 16,
+        });
+        // Nothing flushed yet: the first frame is not delayed.
+        assert!(matches!(held.hold(1, frames(&["a"]), t0), Hold::Full));
+        assert_eq!(held.drain(t0).len(), 1);
+        // One millisecond after that flush: held for the two left of the interval.
+        assert!(matches!(held.hold(1, frames(&["b"]), t0 + ms(1)), Hold::Later(d) if d == ms(2)));
+        assert!(matches!(held.hold(1, frames(&["c"]), t0 + ms(2)), Hold::Later(d) if d == ms(1)));
+        // The interval is up when the next frame arrives: everything held goes with it.
+        assert!(matches!(
+            held.hold(1, frames(&["d"]), t0 + ms(3)),
+            Hold::Full
+        ));
+        let drained = held.drain(t0 + ms(3));
+        assert_eq!(texts(&drained[0].1), ["b", "c", "d"]);
+        // Long after the last flush: at once again.
+        assert!(matches!(
+            held.hold(1, frames(&["e"]), t0 + ms(50)),
+            Hold::Full
+        ));
+    }
+
+    #[test]
     fn holds_per_server_in_order_until_drained() {
-        let mut held = Held::new(settings(2, 1 << 16));
-        assert!(matches!(held.hold(1, frames(&["a"])), Hold::Later(d) if d.as_millis() == 2));
-        assert!(matches!(held.hold(2, frames(&["x"])), Hold::Later(_)));
-        assert!(matches!(held.hold(1, frames(&["b", "c"])), Hold::Later(_)));
+        let t0 = Instant::now();
+        let mut held = flushed_at(t0, 2, 1 << 16);
+        assert!(matches!(held.hold(1, frames(&["a"]), t0), Hold::Later(d) if d == ms(2)));
+        assert!(matches!(held.hold(2, frames(&["x"]), t0), Hold::Later(_)));
+        assert!(matches!(
+            held.hold(1, frames(&["b", "c"]), t0),
+            Hold::Later(_)
+        ));
         let drained: Vec<(u32, Vec<String>)> = held
-            .drain()
+            .drain(t0)
             .into_iter()
             .map(|(id, b)| (id, texts(&b)))
             .collect();
@@ -154,26 +206,31 @@ mod tests {
 
     #[test]
     fn passing_the_byte_bound_asks_for_a_flush() {
-        let mut held = Held::new(settings(5, 4));
-        assert!(matches!(held.hold(1, frames(&["ab"])), Hold::Later(_)));
-        assert!(matches!(held.hold(1, frames(&["cd"])), Hold::Full));
-        held.drain();
+        let t0 = Instant::now();
+        let mut held = flushed_at(t0, 5, 4);
+        assert!(matches!(held.hold(1, frames(&["ab"]), t0), Hold::Later(_)));
+        assert!(matches!(held.hold(1, frames(&["cd"]), t0), Hold::Full));
+        held.drain(t0);
         // The count starts again after a flush.
-        assert!(matches!(held.hold(1, frames(&["ef"])), Hold::Later(_)));
+        assert!(matches!(held.hold(1, frames(&["ef"]), t0), Hold::Later(_)));
     }
 
     #[test]
     fn a_direct_batch_of_a_server_goes_after_what_it_held() {
-        let mut held = Held::new(settings(5, 8));
-        held.hold(1, frames(&["a", "b"]));
-        held.hold(2, frames(&["x"]));
+        let t0 = Instant::now();
+        let mut held = flushed_at(t0, 5, 8);
+        held.hold(1, frames(&["a", "b"]), t0);
+        held.hold(2, frames(&["x"]), t0);
         assert_eq!(
             texts(&held.before(1, frames(&["status"]))),
             ["a", "b", "status"]
         );
         assert_eq!(texts(&held.before(1, frames(&["next"]))), ["next"]);
         // Server 1's bytes left the count: server 2's alone stay under the bound.
-        assert!(matches!(held.hold(2, frames(&["yyyy"])), Hold::Later(_)));
-        assert_eq!(held.drain().len(), 1);
+        assert!(matches!(
+            held.hold(2, frames(&["yyyy"]), t0),
+            Hold::Later(_)
+        ));
+        assert_eq!(held.drain(t0).len(), 1);
     }
 }

@@ -389,6 +389,8 @@ impl Sessions {
             shared: Default::default(),
         };
         let mut slow = Vec::new();
+        // Messages and bytes out per format, counted once for the whole broadcast.
+        let mut out = [(0, 0); Format::COUNT];
         for (id, entry) in &self.map {
             if !entry.select.sees_server(server.0, server.1) {
                 continue;
@@ -398,7 +400,8 @@ impl Sessions {
                 let (n, bytes) = (shared.frames().len(), shared.bytes());
                 let ok = n == 0 || self.push(entry, Deliver::shared(shared), bytes);
                 if ok {
-                    count_out(&self.metrics, entry.select.format, n, bytes);
+                    let counted = &mut out[entry.select.format.index()];
+                    *counted = (counted.0 + n, counted.1 + bytes);
                 }
                 ok
             } else {
@@ -417,6 +420,12 @@ impl Sessions {
             };
             if !ok {
                 slow.push(*id);
+            }
+        }
+        for format in [Format::Json, Format::Ami] {
+            let (n, bytes) = out[format.index()];
+            if n > 0 {
+                count_out(&self.metrics, format, n, bytes);
             }
         }
         slow

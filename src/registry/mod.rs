@@ -275,7 +275,7 @@ impl Registry {
 
     /// Holds a server's broadcast frames for the next flush (`[fanout]`), or fans them out now.
     fn hold(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Framed>) {
-        match self.held.hold(server, batch) {
+        match self.held.hold(server, batch, Instant::now()) {
             Hold::Now(batch) => self.broadcast(ctx, server, batch),
             Hold::Full => self.flush(ctx),
             Hold::Later(delay) if self.flush_timer.is_none() => {
@@ -297,7 +297,7 @@ impl Registry {
         if self.held.is_empty() {
             return;
         }
-        for (server, batch) in self.held.drain() {
+        for (server, batch) in self.held.drain(Instant::now()) {
             self.broadcast(ctx, server, batch);
         }
     }

@@ -40,11 +40,28 @@ impl Format {
 }
 
 /// A batch of frames shared by every session that takes all of it, with its wire rendering
-/// (made by the first front end that writes it, then shared as well).
+/// (made by the first front end that writes it on each thread, then shared by that thread's
+/// sessions: a copy per thread keeps the threads off each other's reference counts).
 pub struct SharedFrames {
     frames: Arc<[ByteString]>,
     bytes: usize,
-    wire: OnceLock<Bytes>,
+    wire: [WireSlot; WIRE_SLOTS],
+}
+
+/// Threads (HTTP workers) with a wire rendering of their own; more share the slots.
+const WIRE_SLOTS: usize = 4;
+
+/// One thread's wire rendering, on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct WireSlot(OnceLock<Bytes>);
+
+thread_local! {
+    /// This thread's wire slot.
+    static WIRE_SLOT: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % WIRE_SLOTS
+    };
 }
 
 impl SharedFrames {
@@ -53,8 +70,17 @@ impl SharedFrames {
         SharedFrames {
             frames,
             bytes,
-            wire: OnceLock::new(),
+            wire: Default::default(),
         }
+    }
+
+    /// The batch framed by `render`, once per thread.
+    fn wire(&self, render: Render) -> Bytes {
+        let slot = WIRE_SLOT.with(|s| *s);
+        self.wire[slot]
+            .0
+            .get_or_init(|| render(&self.frames))
+            .clone()
     }
 
     pub fn frames(&self) -> &Arc<[ByteString]> {
@@ -112,10 +138,7 @@ impl Deliver {
     /// how many queued bytes they stand for.
     pub fn wire(self, io: &SessionIo, render: Render) -> (Bytes, usize) {
         match self.0 {
-            Delivery::Frames(shared) => (
-                shared.wire.get_or_init(|| render(&shared.frames)).clone(),
-                shared.bytes,
-            ),
+            Delivery::Frames(shared) => (shared.wire(render), shared.bytes),
             select => {
                 let frames = Deliver(select).take(io);
                 let bytes = frames.iter().map(|f| f.len()).sum();

@@ -112,7 +112,7 @@ impl Subscription {
     pub fn sees_server(&self, id: u32, name: &str) -> bool {
         self.servers
             .as_ref()
-            .is_none_or(|s| s.allows(&id.to_string()) || s.allows(name))
+            .is_none_or(|s| s.allows(name) || s.allows(&id.to_string()))
     }
 
     /// Event names, then Asterisk's precedence: with allow rules an event must match one of
