@@ -264,26 +264,34 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
-    let mut h = History::new(settings());
-    keep(&mut h, outgoing(&tag, &packets), Instant::now());
-    let epoch = h.epoch().to_string();
-    // The registry's replay: the frames after an offset, filtered per session (each packet
-    // read back from its JSON), as one batch.
-    g.bench_function("replay_10000_to_one_session", |b| {
-        b.iter(|| {
-            let kept = h.since(&epoch, 0).unwrap_or_default();
-            let frames: Vec<ByteString> = kept
-                .into_iter()
-                .filter(|k| {
-                    k.outgoing().is_some_and(|o| {
-                        o.packet.as_ref().and_then(|p| p.event()) != Some("VarSet")
+    for block in [BLOCK_BYTES, usize::MAX] {
+        let mut h = History::new(settings()).with_block_bytes(block);
+        keep(&mut h, outgoing(&tag, &packets), Instant::now());
+        let epoch = h.epoch().to_string();
+        // The registry's replay: the frames after an offset, filtered per session (each packet
+        // read back from its JSON), as one batch.
+        let id = format!("replay_10000_to_one_session/{}", block_name(block));
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                let kept = h.since(&epoch, 0).unwrap_or_default();
+                let frames: Vec<ByteString> = kept
+                    .into_iter()
+                    .filter(|k| {
+                        k.outgoing().is_some_and(|o| {
+                            o.packet.as_ref().and_then(|p| p.event()) != Some("VarSet")
+                        })
                     })
-                })
-                .map(|k| k.frame().clone())
-                .collect();
-            black_box(frames.len())
-        })
-    });
+                    .map(|k| k.frame().clone())
+                    .collect();
+                black_box(frames.len())
+            })
+        });
+        // A session that takes everything: the frames read back, nothing parsed.
+        let id = format!("read_back_10000/{}", block_name(block));
+        g.bench_function(id, |b| {
+            b.iter(|| black_box(h.since(&epoch, 0).map(|k| k.len())))
+        });
+    }
     g.finish();
 }
 
