@@ -1,19 +1,22 @@
 //! Resume history: the heap that 10,000 kept frames really take (a counting allocator, against
 //! the history's own accounting that `/metrics` shows), stamping and keeping frames, and reading
-//! a replay back (what the registry does for a resuming session before the socket writes it).
+//! a replay back (what the registry does for a resuming session before the socket writes it), for
+//! synthetic hangups and for the real captures' events, by block size.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
+use bytes::BytesMut;
 use bytestring::ByteString;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
-use amihub::ami::Packet;
+use amihub::ami::{AmiDecoder, Frame, Limits, Packet};
 use amihub::config::HistorySettings;
-use amihub::registry::fanout::Outgoing;
-use amihub::registry::history::{FrameLog, History};
+use amihub::registry::fanout::{InBatch, Outgoing};
+use amihub::registry::history::{FrameLog, History, BLOCK_BYTES};
 use amihub::ws::protocol::{encode_packet, with_position, ServerTag};
+use tokio_util::codec::Decoder;
 
 /// Counts live heap bytes, to measure what the history holds.
 struct Counting;
@@ -38,6 +41,10 @@ unsafe impl GlobalAlloc for Counting {
         System.realloc(ptr, layout, new_size)
     }
 }
+
+#[path = "support/captures.rs"]
+mod captures;
+use captures::all_captures;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -101,20 +108,54 @@ fn keep(h: &mut History, batch: Vec<Outgoing>, now: Instant) {
     }
 }
 
-fn report_memory(tag: &ServerTag, packets: &[Packet]) {
+/// Block sizes compared (the first is the default); `usize::MAX` never seals: the window as it
+/// was before blocks, uncompressed.
+const BLOCKS: [usize; 6] = [
+    BLOCK_BYTES,
+    usize::MAX,
+    8 << 10,
+    16 << 10,
+    32 << 10,
+    128 << 10,
+];
+
+fn block_name(block: usize) -> String {
+    match block {
+        usize::MAX => "uncompressed".into(),
+        _ => format!("{}KiB", block >> 10),
+    }
+}
+
+/// Every event of the real captures, in order, repeated up to `FRAMES`.
+fn captured_events() -> Vec<Packet> {
+    let mut decoder = AmiDecoder::new(Limits::default(), true);
+    let mut buf = BytesMut::from(&all_captures()[..]);
+    let mut events = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode(&mut buf) {
+        if let Frame::Packet(p) = frame {
+            if p.event().is_some() {
+                events.push(p);
+            }
+        }
+    }
+    events.iter().cycle().take(FRAMES).cloned().collect()
+}
+
+fn report_memory(name: &str, tag: &ServerTag, packets: &[Packet], block: usize) {
     let before = LIVE.load(Relaxed);
     let batch = outgoing(tag, packets);
     let frame_bytes: usize = batch.iter().map(|o| o.frame.len()).sum();
-    let mut h = History::new(settings());
+    let mut h = History::new(settings()).with_block_bytes(block);
     keep(&mut h, batch, Instant::now());
     // The batch (its unstamped frames, its vector) is gone: what is left is the history.
     let heap = LIVE.load(Relaxed).saturating_sub(before);
     let u = h.usage();
     println!(
-        "history of {} frames (JSON {} B each on average): heap {} B ({} B/frame), \
+        "history of {} {name} (JSON {} B each on average), {}: heap {} B ({} B/frame), \
          accounted {} B ({} B/frame)",
         u.frames,
         frame_bytes / FRAMES,
+        block_name(block),
         heap,
         heap / u.frames,
         u.bytes,
@@ -126,8 +167,44 @@ fn report_memory(tag: &ServerTag, packets: &[Packet]) {
 fn bench(c: &mut Criterion) {
     let tag = ServerTag::new(1, "pbx1", false);
     let packets: Vec<Packet> = (0..FRAMES).map(hangup).collect();
-    report_memory(&tag, &packets);
+    let workloads = [
+        ("hangups", packets.clone()),
+        ("captures", captured_events()),
+    ];
+    for (name, packets) in &workloads {
+        for block in BLOCKS {
+            report_memory(name, &tag, packets, block);
+        }
+    }
 
+    // What sealing adds, alone: one block's frames concatenated and lz4-compressed, per frame.
+    for (name, packets) in &workloads {
+        let mut raw = Vec::new();
+        let mut n = 0;
+        for o in outgoing(&tag, packets) {
+            raw.extend_from_slice(with_position(&o.frame, "9f3c0a17d2b4e861", 1).as_bytes());
+            n += 1;
+            if raw.len() >= BLOCK_BYTES {
+                break;
+            }
+        }
+        let mut out = vec![0; lz4_flex::block::get_maximum_output_size(raw.len())];
+        let size = lz4_flex::block::compress_into(&raw, &mut out).unwrap_or(0);
+        println!(
+            "one {name} block: {n} frames, {} B, compressed to {size} B",
+            raw.len()
+        );
+        let mut one = c.benchmark_group("history_seal");
+        one.throughput(Throughput::Elements(n));
+        one.bench_function(format!("compress_one_block/{name}"), |b| {
+            b.iter(|| lz4_flex::block::compress_into(black_box(&raw), &mut out))
+        });
+        one.bench_function(format!("decompress_one_block/{name}"), |b| {
+            let mut back = vec![0; raw.len()];
+            b.iter(|| lz4_flex::block::decompress_into(black_box(&out[..size]), &mut back))
+        });
+        one.finish();
+    }
     let mut g = c.benchmark_group("history");
     g.sample_size(20);
     g.throughput(Throughput::Elements(FRAMES as u64));
@@ -154,26 +231,67 @@ fn bench(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
-    let mut h = History::new(settings());
-    keep(&mut h, outgoing(&tag, &packets), Instant::now());
-    let epoch = h.epoch().to_string();
-    // The registry's replay: the frames after an offset, filtered per session (each packet
-    // read back from its JSON), as one batch.
-    g.bench_function("replay_10000_to_one_session", |b| {
-        b.iter(|| {
-            let kept = h.since(&epoch, 0).unwrap_or_default();
-            let frames: Vec<ByteString> = kept
-                .into_iter()
-                .filter(|k| {
-                    k.outgoing().is_some_and(|o| {
-                        o.packet.as_ref().and_then(|p| p.event()) != Some("VarSet")
+    // The live path's cost of keeping alone: a full window takes 10,000 frames already stamped
+    // (as the registry hands them over, shared with the fan-out), each evicting the oldest.
+    for (name, packets) in &workloads {
+        for block in BLOCKS {
+            let id = format!("append_10000_to_a_full_window/{name}/{}", block_name(block));
+            g.bench_function(id, |b| {
+                b.iter_batched(
+                    || {
+                        let mut h = History::new(settings()).with_block_bytes(block);
+                        keep(&mut h, outgoing(&tag, packets), Instant::now());
+                        let next = h.newest() + 1;
+                        let frames: Vec<InBatch> = outgoing(&tag, packets)
+                            .into_iter()
+                            .zip(next..)
+                            .map(|(mut o, offset)| {
+                                o.frame = with_position(&o.frame, h.epoch(), offset);
+                                o.into()
+                            })
+                            .collect();
+                        (h, frames)
+                    },
+                    |(mut h, frames)| {
+                        let now = Instant::now();
+                        for f in frames {
+                            h.append(f, now);
+                        }
+                        h
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    for block in [BLOCK_BYTES, usize::MAX] {
+        let mut h = History::new(settings()).with_block_bytes(block);
+        keep(&mut h, outgoing(&tag, &packets), Instant::now());
+        let epoch = h.epoch().to_string();
+        // The registry's replay: the frames after an offset, filtered per session (each packet
+        // read back from its JSON), as one batch.
+        let id = format!("replay_10000_to_one_session/{}", block_name(block));
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                let kept = h.since(&epoch, 0).unwrap_or_default();
+                let frames: Vec<ByteString> = kept
+                    .into_iter()
+                    .filter(|k| {
+                        k.outgoing().is_some_and(|o| {
+                            o.packet.as_ref().and_then(|p| p.event()) != Some("VarSet")
+                        })
                     })
-                })
-                .map(|k| k.frame().clone())
-                .collect();
-            black_box(frames.len())
-        })
-    });
+                    .map(|k| k.frame().clone())
+                    .collect();
+                black_box(frames.len())
+            })
+        });
+        // A session that takes everything: the frames read back, nothing parsed.
+        let id = format!("read_back_10000/{}", block_name(block));
+        g.bench_function(id, |b| {
+            b.iter(|| black_box(h.since(&epoch, 0).map(|k| k.len())))
+        });
+    }
     g.finish();
 }
 

@@ -343,7 +343,8 @@ pub struct HistorySettings {
     pub max_frames: usize,
     /// Seconds a frame is kept.
     pub max_age_s: u64,
-    /// Bytes kept per server (the rendered frames, and the few packets kept whole).
+    /// Bytes kept per server (the rendered frames, compressed once sealed in a block, their
+    /// entries, and the few packets kept whole).
     pub max_bytes: usize,
 }
 

@@ -47,6 +47,10 @@ impl SharedLog {
                 asked: asked + self.base,
                 newest: newest + self.base,
             },
+            Gap::Unreadable { from, why } => Gap::Unreadable {
+                from: from + self.base,
+                why,
+            },
             other => other,
         }
     }
@@ -65,7 +69,7 @@ impl FrameLog for SharedLog {
         self.inner.append(frame, now) + self.base
     }
 
-    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<&Kept>, Gap> {
+    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<Kept>, Gap> {
         if epoch == self.epoch() && offset < self.base {
             return Err(Gap::TooOld {
                 asked: offset,

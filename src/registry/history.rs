@@ -5,6 +5,10 @@
 //! filters resumes (a resume is rare, a frame kept is not), except for the few packets whose
 //! JSON does not give their headers back as they were (raw lines, a restored ActionID).
 //!
+//! The newest frames stay as they are (the open tail); every [`BLOCK_BYTES`] of frame bytes the
+//! tail is sealed into one lz4 block with each frame's end, time and kind beside it, and a replay
+//! decompresses only the blocks it reads from.
+//!
 //! Pure state with no I/O and no actors; it knows neither sessions nor rights. [`FrameLog`] is
 //! the whole interface the registry uses, so a shared store (a Redis Stream per PBX in cluster
 //! mode) can stand in for [`History`], the in-memory window of one node.
@@ -23,6 +27,9 @@ use crate::config::HistorySettings;
 
 use super::fanout::{InBatch, Outgoing};
 
+mod block;
+use block::Block;
+
 /// Where a client is in one server's history: the last frame it got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
@@ -39,6 +46,10 @@ pub enum Gap {
     TooOld { asked: u64, oldest: u64 },
     #[error("offset {asked} is ahead of the newest frame ({newest})")]
     Ahead { asked: u64, newest: u64 },
+    /// A sealed block did not decompress to what was sealed: impossible by construction, but
+    /// a replay that cannot give every frame is a gap, never a replay with a hole.
+    #[error("frames from offset {from} cannot be read back: {why}")]
+    Unreadable { from: u64, why: String },
 }
 
 /// Frames and bytes held.
@@ -57,8 +68,9 @@ pub trait FrameLog {
     fn newest(&self) -> u64;
     /// Keeps a broadcast frame, already stamped with offset `newest() + 1`; returns that offset.
     fn append(&mut self, frame: InBatch, now: Instant) -> u64;
-    /// Every kept frame after `offset` of `epoch`, oldest first; a gap if some are gone.
-    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<&Kept>, Gap>;
+    /// Every kept frame after `offset` of `epoch`, oldest first; a gap if some are gone. The
+    /// frames are owned (read back from compressed blocks); their bytes are shared, not copied.
+    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<Kept>, Gap>;
     /// Drops frames older than the age bound.
     fn expire(&mut self, now: Instant);
     fn usage(&self) -> Usage;
@@ -73,6 +85,7 @@ pub trait FrameLog {
 }
 
 /// One kept frame: its bytes, and what replay filtering needs to look inside it.
+#[derive(Clone)]
 pub struct Kept {
     at: Instant,
     bytes: usize,
@@ -81,6 +94,7 @@ pub struct Kept {
 }
 
 /// Where a kept frame's packet comes from on replay.
+#[derive(Clone)]
 enum Source {
     /// amihub's own frame (a status, a banner): no packet.
     Notice,
@@ -198,13 +212,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for Values<'a> {
     }
 }
 
-/// One node's in-memory window for one server, bounded by frames, age and bytes.
+/// Frame bytes at which the open tail is sealed into a compressed block (chosen by measurement:
+/// README, Performance).
+pub const BLOCK_BYTES: usize = 64 << 10;
+
+/// The longest a block may span: its frames' times are kept as milliseconds after its first.
+const MAX_SPAN: Duration = Duration::from_millis(u32::MAX as u64 - 1);
+
+/// One node's in-memory window for one server, bounded by frames, age and bytes: sealed blocks,
+/// oldest first, then the open tail, in offset order.
 pub struct History {
     epoch: String,
     settings: HistorySettings,
-    /// Offset of `kept[0]`; when `kept` is empty, the offset the next frame gets.
+    /// Offset of the oldest kept frame; when none is kept, the offset the next frame gets.
     first: u64,
-    kept: VecDeque<Kept>,
+    blocks: VecDeque<Block>,
+    tail: VecDeque<Kept>,
+    /// Frame bytes in `tail`.
+    tail_bytes: usize,
+    block_bytes: usize,
+    frames: usize,
     bytes: usize,
 }
 
@@ -223,15 +250,55 @@ impl History {
             epoch,
             settings,
             first: 1,
-            kept: VecDeque::new(),
+            blocks: VecDeque::new(),
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            block_bytes: BLOCK_BYTES,
+            frames: 0,
             bytes: 0,
         }
     }
 
+    /// Seals the tail at `bytes` of frames instead of [`BLOCK_BYTES`] (tests, benches).
+    pub fn with_block_bytes(mut self, bytes: usize) -> History {
+        self.block_bytes = bytes.max(1);
+        self
+    }
+
+    /// Compresses the open tail into a block.
+    fn seal(&mut self) {
+        let accounted: usize = self.tail.iter().map(|k| k.bytes).sum();
+        let len = std::mem::take(&mut self.tail_bytes);
+        let Some(block) = Block::seal(self.tail.drain(..), len) else {
+            return;
+        };
+        let cost: usize = (0..block.metas.len()).map(|i| block.cost(i)).sum();
+        self.bytes = self.bytes - accounted + cost;
+        self.blocks.push_back(block);
+    }
+
     fn pop(&mut self) {
-        if let Some(k) = self.kept.pop_front() {
+        if let Some(b) = self.blocks.front_mut() {
+            self.bytes -= b.cost(b.gone);
+            b.gone += 1;
+            if b.live() == 0 {
+                self.blocks.pop_front();
+            }
+        } else if let Some(k) = self.tail.pop_front() {
             self.bytes -= k.bytes;
-            self.first += 1;
+            self.tail_bytes -= k.frame.len();
+        } else {
+            return;
+        }
+        self.frames -= 1;
+        self.first += 1;
+    }
+
+    /// When the oldest kept frame was kept.
+    fn oldest(&self) -> Option<Instant> {
+        match self.blocks.front() {
+            Some(b) => Some(b.at(b.gone)),
+            None => self.tail.front().map(|k| k.at),
         }
     }
 }
@@ -242,17 +309,29 @@ impl FrameLog for History {
     }
 
     fn newest(&self) -> u64 {
-        self.first + self.kept.len() as u64 - 1
+        self.first + self.frames as u64 - 1
     }
 
     fn append(&mut self, frame: InBatch, now: Instant) -> u64 {
+        if self
+            .tail
+            .front()
+            .is_some_and(|k| now.saturating_duration_since(k.at) > MAX_SPAN)
+        {
+            self.seal();
+        }
         let kept = Kept::new(&frame, now);
         self.bytes += kept.bytes;
-        self.kept.push_back(kept);
+        self.tail_bytes += kept.frame.len();
+        self.tail.push_back(kept);
+        self.frames += 1;
+        if self.tail_bytes >= self.block_bytes {
+            self.seal();
+        }
         // The newest frame always stays, even one larger than the byte bound on its own: the
         // offset sequence never skips, and the next append evicts it.
-        while self.kept.len() > 1
-            && (self.kept.len() > self.settings.max_frames || self.bytes > self.settings.max_bytes)
+        while self.frames > 1
+            && (self.frames > self.settings.max_frames || self.bytes > self.settings.max_bytes)
         {
             self.pop();
         }
@@ -260,7 +339,7 @@ impl FrameLog for History {
         self.newest()
     }
 
-    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<&Kept>, Gap> {
+    fn since(&self, epoch: &str, offset: u64) -> Result<Vec<Kept>, Gap> {
         if epoch != self.epoch {
             return Err(Gap::Epoch {
                 asked: epoch.to_string(),
@@ -281,16 +360,31 @@ impl FrameLog for History {
                 oldest: self.first,
             });
         }
-        let skip = (offset + 1 - self.first) as usize;
-        Ok(self.kept.iter().skip(skip).collect())
+        let mut skip = (offset + 1 - self.first) as usize;
+        let mut out = Vec::with_capacity(self.frames - skip);
+        let mut from = self.first;
+        for b in &self.blocks {
+            if skip >= b.live() {
+                skip -= b.live();
+            } else {
+                b.read(b.gone + skip, &mut out)
+                    .map_err(|why| Gap::Unreadable {
+                        from: from + skip as u64,
+                        why,
+                    })?;
+                skip = 0;
+            }
+            from += b.live() as u64;
+        }
+        out.extend(self.tail.iter().skip(skip).cloned());
+        Ok(out)
     }
 
     fn expire(&mut self, now: Instant) {
         let max_age = Duration::from_secs(self.settings.max_age_s);
         while self
-            .kept
-            .front()
-            .is_some_and(|k| now.saturating_duration_since(k.at) > max_age)
+            .oldest()
+            .is_some_and(|at| now.saturating_duration_since(at) > max_age)
         {
             self.pop();
         }
@@ -298,7 +392,7 @@ impl FrameLog for History {
 
     fn usage(&self) -> Usage {
         Usage {
-            frames: self.kept.len(),
+            frames: self.frames,
             bytes: self.bytes,
         }
     }
@@ -494,5 +588,271 @@ mod replay_tests {
         let mut broken = kept(Outgoing::notice(ByteString::from_static("{"), None));
         broken.source = Source::Json;
         assert!(broken.outgoing().is_none());
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn settings(max_frames: usize, max_age_s: u64, max_bytes: usize) -> HistorySettings {
+        HistorySettings {
+            max_frames,
+            max_age_s,
+            max_bytes,
+        }
+    }
+
+    /// A window sealing at 63 bytes of frames: 7 of the tests' 9-byte frames a block.
+    fn small(s: HistorySettings) -> History {
+        History::new(s).with_block_bytes(63)
+    }
+
+    fn frame(n: u64) -> Outgoing {
+        Outgoing::notice(ByteString::from(format!("{{\"n\":{n:03}}}")), None)
+    }
+
+    fn texts(h: &History, since: u64) -> Vec<String> {
+        h.since(h.epoch(), since)
+            .expect("covered")
+            .iter()
+            .map(|k| k.frame().to_string())
+            .collect()
+    }
+
+    fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
+        range.map(|n| frame(n).frame.to_string()).collect()
+    }
+
+    /// What the window accounts equals what its frames cost, one by one.
+    fn accounted(h: &History) -> usize {
+        let kept = h.since(h.epoch(), h.first - 1).expect("covered");
+        kept.iter().map(|k| k.bytes).sum()
+    }
+
+    #[test]
+    fn a_replay_across_sealed_blocks_and_the_tail_gives_the_exact_frames_in_order() {
+        let mut h = small(settings(1000, 300, 1 << 20));
+        let now = Instant::now();
+        let p = Packet::from_headers([("Event", "UserEvent"), ("ActionID", "amihub-1-9")]);
+        for n in 1..=30 {
+            let o = match n {
+                10 => Outgoing::packet(frame(10).frame, p.clone(), Some("mine".into())),
+                _ => frame(n),
+            };
+            assert_eq!(h.append(o.into(), now), n);
+        }
+        assert_eq!(h.blocks.len(), 4);
+        assert_eq!(h.tail.len(), 2);
+        for since in 0..=30 {
+            assert_eq!(texts(&h, since), expected(since + 1..=30), "since {since}");
+        }
+        let kept = h.since(h.epoch(), 9).expect("covered");
+        let back = kept[0]
+            .outgoing()
+            .and_then(|o| o.packet)
+            .expect("kept whole");
+        assert_eq!(back.action_id(), Some("amihub-1-9"));
+        assert!(kept[1].outgoing().is_some_and(|o| o.packet.is_none()));
+        assert_eq!(h.usage().bytes, accounted(&h));
+    }
+
+    #[test]
+    fn the_frame_bound_inside_a_sealed_block_keeps_exact_offsets_and_gaps() {
+        let mut h = small(settings(10, 300, 1 << 20));
+        let now = Instant::now();
+        for n in 1..=30 {
+            h.append(frame(n).into(), now);
+            assert_eq!(h.usage().frames, n.min(10) as usize);
+            assert_eq!(h.usage().bytes, accounted(&h));
+        }
+        // Blocks 1-7, 8-14, 15-21, 22-28 were sealed; 1-20 are gone, 15-21 only in part.
+        assert_eq!(h.blocks.len(), 2);
+        assert_eq!(h.blocks[0].gone, 6);
+        assert_eq!(texts(&h, 20), expected(21..=30));
+        assert_eq!(texts(&h, 25), expected(26..=30));
+        assert_eq!(
+            h.since(h.epoch(), 19).map(|v| v.len()),
+            Err(Gap::TooOld {
+                asked: 19,
+                oldest: 21
+            })
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_counts_sealed_frames_by_their_share_and_gives_it_all_back() {
+        let bound = 2000;
+        let mut h = small(settings(1000, 5, bound));
+        let start = Instant::now();
+        let mut partly = false;
+        for n in 1..=200 {
+            h.append(frame(n).into(), start);
+            assert!(h.usage().bytes <= bound, "{:?} after {n}", h.usage());
+            assert_eq!(h.usage().bytes, accounted(&h));
+            partly |= h.blocks.front().is_some_and(|b| b.gone > 0);
+        }
+        assert!(partly, "the bound never fell inside a block");
+        let oldest = h.first;
+        assert!(oldest > 1 && h.blocks.len() > 1);
+        assert_eq!(texts(&h, oldest - 1), expected(oldest..=200));
+        assert!(matches!(
+            h.since(h.epoch(), oldest - 2),
+            Err(Gap::TooOld { .. })
+        ));
+        h.expire(start + Duration::from_secs(6));
+        assert_eq!(h.usage(), Usage::default());
+        assert!(h.blocks.is_empty() && h.tail.is_empty());
+        assert_eq!(h.newest(), 200);
+    }
+
+    #[test]
+    fn the_age_bound_drops_a_sealed_block_frame_by_frame_then_frees_it() {
+        let mut h = small(settings(1000, 5, 1 << 20));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        for n in 1..=14 {
+            h.append(frame(n).into(), at(n * 100));
+        }
+        assert_eq!((h.blocks.len(), h.tail.len()), (2, 0));
+        // Frames 1-3 are just older than 5 s, frame 4 not yet.
+        h.expire(at(5_300) + Duration::from_micros(1));
+        assert_eq!(texts(&h, 3), expected(4..=14));
+        assert!(matches!(h.since(h.epoch(), 2), Err(Gap::TooOld { .. })));
+        h.expire(at(5_701));
+        assert_eq!(texts(&h, 7), expected(8..=14));
+        assert_eq!(h.blocks.len(), 1);
+        h.expire(at(6_500));
+        assert_eq!(h.usage(), Usage::default());
+        assert_eq!(h.append(frame(15).into(), at(6_500)), 15);
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_block_is_sealed_alone_and_incompressible_bytes_stay_as_they_are() {
+        let mut h = small(settings(1000, 300, 1 << 20));
+        let now = Instant::now();
+        let big = format!("{{\"n\":\"{}\"}}", "ab".repeat(500));
+        // Bytes lz4 cannot shrink: a pseudo-random printable string.
+        let mut x = 1u64;
+        let noise: String = (0..200)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                char::from(b'!' + (x >> 58) as u8)
+            })
+            .collect();
+        h.append(Outgoing::notice(big.clone().into(), None).into(), now);
+        h.append(frame(2).into(), now);
+        h.append(Outgoing::notice(noise.clone().into(), None).into(), now);
+        assert_eq!(h.blocks.len(), 2);
+        assert_eq!(h.blocks[0].metas.len(), 1);
+        assert!(h.blocks[0].compressed && h.blocks[0].data.len() < 100);
+        assert!(!h.blocks[1].compressed);
+        assert_eq!(texts(&h, 0), [big, frame(2).frame.to_string(), noise]);
+        assert_eq!(h.usage().bytes, accounted(&h));
+    }
+
+    #[test]
+    fn an_undecodable_block_is_a_gap_with_its_reason_not_a_panic() {
+        let mut h = small(settings(1000, 300, 1 << 20));
+        let now = Instant::now();
+        for n in 1..=16 {
+            h.append(frame(n).into(), now);
+        }
+        assert!(h.blocks.len() == 2 && h.blocks.iter().all(|b| b.compressed));
+        let good = h.blocks[0].data.clone();
+        // Cut short, garbled, decompressing to the wrong size, not UTF-8.
+        let half = good[..good.len() / 2].to_vec();
+        let garbled = vec![0xff; good.len()];
+        let mut longer = good.to_vec();
+        // One more sequence: a literal `x` (token 0x10) past the end of what was sealed.
+        longer.extend_from_slice(&[0x10, b'x']);
+        for data in [half, garbled, longer] {
+            h.blocks[0].data = data.into_boxed_slice();
+            match h.since(h.epoch(), 3) {
+                Err(Gap::Unreadable { from: 4, why }) => assert!(!why.is_empty()),
+                other => panic!("{:?}", other.map(|v| v.len())),
+            }
+            // Blocks a replay does not read are not decompressed.
+            assert_eq!(texts(&h, 7), expected(8..=16));
+        }
+        h.blocks[0].compressed = false;
+        h.blocks[0].data = vec![0xc3; h.blocks[0].metas[6].end].into_boxed_slice();
+        assert!(matches!(
+            h.since(h.epoch(), 0),
+            Err(Gap::Unreadable { from: 1, .. })
+        ));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Append { len: usize, after_ms: u64 },
+        Expire { after_ms: u64 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0usize..300, 0u64..400).prop_map(|(len, after_ms)| Step::Append { len, after_ms }),
+            1 => (0u64..3_000).prop_map(|after_ms| Step::Expire { after_ms }),
+        ]
+    }
+
+    proptest! {
+        /// Against a plain list of every frame: the frame and age bounds drop exactly the same
+        /// frames, frame by frame, and every replay gives exactly the same frames or gap.
+        #[test]
+        fn sealed_blocks_keep_the_semantics_of_a_plain_window(
+            steps in proptest::collection::vec(step(), 1..120),
+            max_frames in 1usize..40,
+            block in 1usize..600,
+        ) {
+            let mut h = History::new(settings(max_frames, 2, usize::MAX)).with_block_bytes(block);
+            let start = Instant::now();
+            let mut now = start;
+            let mut model: VecDeque<(u64, Instant, String)> = VecDeque::new();
+            let mut next = 1;
+            for s in steps {
+                let max_age = Duration::from_secs(2);
+                match s {
+                    Step::Append { len, after_ms } => {
+                        now += Duration::from_millis(after_ms);
+                        let text = format!("{next}:{}", "é".repeat(len % 7).repeat(len / 7 + 1));
+                        prop_assert_eq!(h.append(Outgoing::notice(text.clone().into(), None).into(), now), next);
+                        model.push_back((next, now, text));
+                        next += 1;
+                        while model.len() > max_frames {
+                            model.pop_front();
+                        }
+                    }
+                    Step::Expire { after_ms } => {
+                        now += Duration::from_millis(after_ms);
+                        h.expire(now);
+                    }
+                }
+                while model.front().is_some_and(|(_, at, _)| now.duration_since(*at) > max_age) {
+                    model.pop_front();
+                }
+                prop_assert_eq!(h.usage().frames, model.len());
+                prop_assert_eq!(h.usage().bytes, accounted(&h));
+                let oldest = model.front().map_or(next, |(n, _, _)| *n);
+                for since in oldest.saturating_sub(2)..next {
+                    let got = h.since(h.epoch(), since).map(|v| {
+                        v.iter().map(|k| k.frame().to_string()).collect::<Vec<_>>()
+                    });
+                    if since + 1 < oldest {
+                        prop_assert_eq!(got, Err(Gap::TooOld { asked: since, oldest }));
+                    } else {
+                        let want: Vec<String> = model
+                            .iter()
+                            .filter(|(n, _, _)| *n > since)
+                            .map(|(_, _, t)| t.clone())
+                            .collect();
+                        prop_assert_eq!(got, Ok(want));
+                    }
+                }
+            }
+        }
     }
 }
