@@ -375,7 +375,7 @@ pub const MAX_FLUSH_INTERVAL_MS: u64 = 100;
 impl Default for FanoutSettings {
     fn default() -> Self {
         FanoutSettings {
-            flush_interval_ms: 2,
+            flush_interval_ms: 3,
             flush_bytes: 64 << 10,
         }
     }
