@@ -403,7 +403,7 @@ mod tests {
     use super::*;
     use bytestring::ByteString;
 
-    fn settings(max_frames: usize, max_age_s: u64, max_bytes: usize) -> HistorySettings {
+    pub(super) fn settings(max_frames: usize, max_age_s: u64, max_bytes: usize) -> HistorySettings {
         HistorySettings {
             max_frames,
             max_age_s,
@@ -411,11 +411,11 @@ mod tests {
         }
     }
 
-    fn frame(n: u64) -> Outgoing {
+    pub(super) fn frame(n: u64) -> Outgoing {
         Outgoing::notice(ByteString::from(format!("{{\"n\":{n:03}}}")), None)
     }
 
-    fn offsets(h: &History, since: u64) -> Vec<String> {
+    pub(super) fn offsets(h: &History, since: u64) -> Vec<String> {
         h.since(h.epoch(), since)
             .expect("covered")
             .iter()
@@ -593,32 +593,13 @@ mod replay_tests {
 
 #[cfg(test)]
 mod block_tests {
+    use super::tests::{frame, offsets, settings};
     use super::*;
     use proptest::prelude::*;
-
-    fn settings(max_frames: usize, max_age_s: u64, max_bytes: usize) -> HistorySettings {
-        HistorySettings {
-            max_frames,
-            max_age_s,
-            max_bytes,
-        }
-    }
 
     /// A window sealing at 63 bytes of frames: 7 of the tests' 9-byte frames a block.
     fn small(s: HistorySettings) -> History {
         History::new(s).with_block_bytes(63)
-    }
-
-    fn frame(n: u64) -> Outgoing {
-        Outgoing::notice(ByteString::from(format!("{{\"n\":{n:03}}}")), None)
-    }
-
-    fn texts(h: &History, since: u64) -> Vec<String> {
-        h.since(h.epoch(), since)
-            .expect("covered")
-            .iter()
-            .map(|k| k.frame().to_string())
-            .collect()
     }
 
     fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
@@ -646,7 +627,11 @@ mod block_tests {
         assert_eq!(h.blocks.len(), 4);
         assert_eq!(h.tail.len(), 2);
         for since in 0..=30 {
-            assert_eq!(texts(&h, since), expected(since + 1..=30), "since {since}");
+            assert_eq!(
+                offsets(&h, since),
+                expected(since + 1..=30),
+                "since {since}"
+            );
         }
         let kept = h.since(h.epoch(), 9).expect("covered");
         let back = kept[0]
@@ -670,8 +655,8 @@ mod block_tests {
         // Blocks 1-7, 8-14, 15-21, 22-28 were sealed; 1-20 are gone, 15-21 only in part.
         assert_eq!(h.blocks.len(), 2);
         assert_eq!(h.blocks[0].gone, 6);
-        assert_eq!(texts(&h, 20), expected(21..=30));
-        assert_eq!(texts(&h, 25), expected(26..=30));
+        assert_eq!(offsets(&h, 20), expected(21..=30));
+        assert_eq!(offsets(&h, 25), expected(26..=30));
         assert_eq!(
             h.since(h.epoch(), 19).map(|v| v.len()),
             Err(Gap::TooOld {
@@ -696,7 +681,7 @@ mod block_tests {
         assert!(partly, "the bound never fell inside a block");
         let oldest = h.first;
         assert!(oldest > 1 && h.blocks.len() > 1);
-        assert_eq!(texts(&h, oldest - 1), expected(oldest..=200));
+        assert_eq!(offsets(&h, oldest - 1), expected(oldest..=200));
         assert!(matches!(
             h.since(h.epoch(), oldest - 2),
             Err(Gap::TooOld { .. })
@@ -718,10 +703,10 @@ mod block_tests {
         assert_eq!((h.blocks.len(), h.tail.len()), (2, 0));
         // Frames 1-3 are just older than 5 s, frame 4 not yet.
         h.expire(at(5_300) + Duration::from_micros(1));
-        assert_eq!(texts(&h, 3), expected(4..=14));
+        assert_eq!(offsets(&h, 3), expected(4..=14));
         assert!(matches!(h.since(h.epoch(), 2), Err(Gap::TooOld { .. })));
         h.expire(at(5_701));
-        assert_eq!(texts(&h, 7), expected(8..=14));
+        assert_eq!(offsets(&h, 7), expected(8..=14));
         assert_eq!(h.blocks.len(), 1);
         h.expire(at(6_500));
         assert_eq!(h.usage(), Usage::default());
@@ -750,7 +735,7 @@ mod block_tests {
         assert_eq!(h.blocks[0].metas.len(), 1);
         assert!(h.blocks[0].compressed && h.blocks[0].data.len() < 100);
         assert!(!h.blocks[1].compressed);
-        assert_eq!(texts(&h, 0), [big, frame(2).frame.to_string(), noise]);
+        assert_eq!(offsets(&h, 0), [big, frame(2).frame.to_string(), noise]);
         assert_eq!(h.usage().bytes, accounted(&h));
     }
 
@@ -776,7 +761,7 @@ mod block_tests {
                 other => panic!("{:?}", other.map(|v| v.len())),
             }
             // Blocks a replay does not read are not decompressed.
-            assert_eq!(texts(&h, 7), expected(8..=16));
+            assert_eq!(offsets(&h, 7), expected(8..=16));
         }
         h.blocks[0].compressed = false;
         h.blocks[0].data = vec![0xc3; h.blocks[0].metas[6].end].into_boxed_slice();
