@@ -119,18 +119,8 @@ impl Flood {
 }
 
 /// Decimal digits of `v`, without allocating.
-fn put_u64(buf: &mut BytesMut, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+fn put_u64(buf: &mut BytesMut, v: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 #[cfg(test)]

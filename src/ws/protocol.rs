@@ -259,10 +259,12 @@ where
     // 20 digits for any u64, and the closing brace.
     let mut out = String::with_capacity(bytes + count * (head.len() + 21));
     let mut ends = Vec::with_capacity(count);
+    // Decimal digits without the formatting machinery on the hot path.
+    let mut digits = itoa::Buffer::new();
     for (frame, offset) in frames.zip(first..) {
         out.push_str(frame.strip_suffix('}').unwrap_or(frame));
         out.push_str(&head);
-        push_u64(&mut out, offset);
+        out.push_str(digits.format(offset));
         out.push('}');
         ends.push(out.len());
     }
@@ -277,21 +279,6 @@ where
             frame
         })
         .collect()
-}
-
-/// Appends the decimal digits of `n` (no formatting machinery on the hot path).
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
 }
 
 /// Type 8: amihub's own reply to one session (errors, ProxyAction results).
