@@ -645,11 +645,16 @@ impl Handler<PbxPackets> for Registry {
 }
 
 impl Registry {
+    /// The entry of `server_id` if it is still the generation a PBX actor's message comes from
+    /// (a message of a removed or re-added server is dropped).
+    fn current(&mut self, server_id: u32, generation: u64) -> Option<&mut ServerEntry> {
+        self.servers
+            .get_mut(&server_id)
+            .filter(|s| s.generation == generation)
+    }
+
     fn route_packets(&mut self, msg: PbxPackets, ctx: &mut Context<Self>) {
-        let current = self
-            .servers
-            .get(&msg.server_id)
-            .filter(|s| s.generation == msg.generation);
+        let current = self.current(msg.server_id, msg.generation);
         let Some(tag) = current.map(|s| s.tag.clone()) else {
             return;
         };
@@ -713,11 +718,7 @@ impl Handler<KeepHistory> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: KeepHistory, _ctx: &mut Context<Self>) {
-        let current = self
-            .servers
-            .get_mut(&msg.server_id)
-            .filter(|s| s.generation == msg.generation);
-        let Some(entry) = current else {
+        let Some(entry) = self.current(msg.server_id, msg.generation) else {
             return;
         };
         let (frames, places): (Vec<Outgoing>, Vec<At>) = msg
@@ -746,11 +747,7 @@ impl Handler<PbxStatusChanged> for Registry {
 
 impl Registry {
     fn apply_status(&mut self, ctx: &mut Context<Self>, msg: PbxStatusChanged) {
-        let current = self
-            .servers
-            .get_mut(&msg.server_id)
-            .filter(|s| s.generation == msg.generation);
-        let Some(server) = current else {
+        let Some(server) = self.current(msg.server_id, msg.generation) else {
             return;
         };
         let tag = server.tag.clone();
