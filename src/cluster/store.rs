@@ -202,16 +202,9 @@ impl Store {
         &self,
         servers: &[u32],
     ) -> Result<BTreeMap<u32, Option<String>>, StoreError> {
-        if servers.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let mut c = self.conn().await?;
-        let lease_keys: Vec<String> = servers.iter().map(|s| keys::lease(*s)).collect();
-        let r: redis::RedisResult<Vec<Option<String>>> = redis::cmd("MGET")
-            .arg(&lease_keys)
-            .query_async(&mut c)
-            .await;
-        let values = self.note(r).await?;
+        let values = self
+            .mget(servers.iter().map(|s| keys::lease(*s)).collect())
+            .await?;
         Ok(servers.iter().copied().zip(values).collect())
     }
 
@@ -244,13 +237,9 @@ impl Store {
             .await;
         let mut ids = self.note(r).await?;
         ids.sort();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let node_keys: Vec<String> = ids.iter().map(|n| keys::node(n)).collect();
-        let r: redis::RedisResult<Vec<Option<String>>> =
-            redis::cmd("MGET").arg(&node_keys).query_async(&mut c).await;
-        let values = self.note(r).await?;
+        let values = self
+            .mget(ids.iter().map(|n| keys::node(n)).collect())
+            .await?;
         let mut live = Vec::new();
         let mut gone = Vec::new();
         for (id, v) in ids.into_iter().zip(values) {
@@ -328,12 +317,18 @@ impl Store {
 
     /// The epoch of each server's history (None = none yet, or Redis lost it).
     pub async fn epochs(&self, servers: &[u32]) -> Result<Vec<Option<String>>, StoreError> {
+        self.mget(servers.iter().map(|s| keys::epoch(*s)).collect())
+            .await
+    }
+
+    /// The values of `keys` in one round trip (None = no such key); none asked, none read.
+    async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<String>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut c = self.conn().await?;
-        let epoch_keys: Vec<String> = servers.iter().map(|s| keys::epoch(*s)).collect();
-        let r: redis::RedisResult<Vec<Option<String>>> = redis::cmd("MGET")
-            .arg(&epoch_keys)
-            .query_async(&mut c)
-            .await;
+        let r: redis::RedisResult<Vec<Option<String>>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut c).await;
         self.note(r).await
     }
 
