@@ -422,7 +422,7 @@ impl Sessions {
                 slow.push(*id);
             }
         }
-        for format in [Format::Json, Format::Ami] {
+        for format in Format::ALL {
             let (n, bytes) = out[format.index()];
             if n > 0 {
                 count_out(&self.metrics, format, n, bytes);

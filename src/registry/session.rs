@@ -33,6 +33,8 @@ pub enum Format {
 impl Format {
     /// Index into per-format caches.
     pub const COUNT: usize = 2;
+    /// Every format, in index order.
+    pub const ALL: [Format; Format::COUNT] = [Format::Json, Format::Ami];
 
     pub fn index(self) -> usize {
         self as usize
