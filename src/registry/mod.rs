@@ -45,7 +45,7 @@ use history::{FrameLog, History};
 pub use pending::{ActionFailure, Collected};
 use pending::{Pending, PendingTable, ReplyTo, Token, ID_PREFIX};
 pub use resume::Resume;
-use session::{CloseSession, Deliver, Format, SessionIo};
+use session::{any_drained, CloseSession, Deliver, Format, SessionIo};
 pub use subscription::Subscription;
 
 /// Longest a PBX's batch is held back while every session is behind.
@@ -635,11 +635,7 @@ impl Handler<PbxPackets> for Registry {
         };
         let half = self.sessions.queue_limit() / 2;
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
-            while tokio::time::Instant::now() < deadline && ios.iter().all(|io| io.queued() > half)
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            let _ = tokio::time::timeout(CONGESTION_WAIT, any_drained(&ios, half)).await;
         })
     }
 }

@@ -16,6 +16,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, SharedMetrics};
 
@@ -205,6 +206,8 @@ pub struct SessionIo {
     aborted: AtomicBool,
     close: Mutex<Option<(u16, String)>>,
     waker: AtomicWaker,
+    /// Told each time the writer takes bytes, for a registry waiting out a congestion.
+    drained: Notify,
     /// The connection's socket and peer, only to shut it down; forgotten when the body drops.
     socket: Mutex<Option<(RawFd, SocketAddr)>>,
     /// Released when the last reference goes: the open-session count.
@@ -245,6 +248,7 @@ impl SessionIo {
             aborted: AtomicBool::new(false),
             close: Mutex::new(None),
             waker: AtomicWaker::new(),
+            drained: Notify::new(),
             socket: Mutex::new(socket),
             _slot: slot,
         })
@@ -264,6 +268,9 @@ impl SessionIo {
         let _ = self
             .queued
             .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(n)));
+        if n > 0 {
+            self.drained.notify_waiters();
+        }
     }
 
     /// Queues a batch for the socket task and wakes it.
@@ -334,5 +341,42 @@ impl SessionIo {
         if let Ok(mut guard) = self.socket.lock() {
             guard.take();
         }
+    }
+}
+
+/// Resolves as soon as one of `ios` has at most `mark` bytes queued (at once if one has).
+pub async fn any_drained(ios: &[Arc<SessionIo>], mark: usize) {
+    loop {
+        // Made before the check: a drain in between still wakes this.
+        let drained: Vec<_> = ios
+            .iter()
+            .map(|io| Box::pin(io.drained.notified()))
+            .collect();
+        if ios.is_empty() || ios.iter().any(|io| io.queued() <= mark) {
+            return;
+        }
+        futures_util::future::select_all(drained).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::poll;
+
+    #[tokio::test]
+    async fn a_congestion_wait_ends_when_one_writer_takes_its_queue_below_the_mark() {
+        let (a, b) = (SessionIo::new(None, None), SessionIo::new(None, None));
+        a.add_queued(1000);
+        b.add_queued(1000);
+        let ios = vec![a.clone(), b.clone()];
+        let mut wait = Box::pin(any_drained(&ios, 500));
+        assert!(poll!(wait.as_mut()).is_pending(), "both are behind");
+        b.sub_queued(100);
+        assert!(poll!(wait.as_mut()).is_pending(), "900 bytes is still behind");
+        b.sub_queued(600);
+        assert!(poll!(wait.as_mut()).is_ready(), "300 bytes is below the mark");
+        assert!(poll!(Box::pin(any_drained(&ios, 500))).is_ready(), "b is below it at once");
+        assert!(poll!(Box::pin(any_drained(&[], 500))).is_ready(), "no one to wait for");
     }
 }
