@@ -8,7 +8,9 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -272,6 +274,8 @@ impl SessionIo {
             .queued
             .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(n)))
             .unwrap_or_default();
+        // Pairs with the fence in `any_drained`: the waiter sees this write or this sees its mark.
+        fence(SeqCst);
         let mark = self.watch.load(Relaxed);
         if mark > 0 && before > mark && before.saturating_sub(n) <= mark {
             self.drained.notify_waiters();
@@ -356,6 +360,7 @@ pub async fn any_drained(ios: &[Arc<SessionIo>], mark: usize) {
     for io in ios {
         io.watch.store(mark, Relaxed);
     }
+    fence(SeqCst);
     loop {
         // Made before the check: a crossing in between still wakes this.
         let drained: Vec<_> = ios
