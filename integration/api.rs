@@ -1182,20 +1182,27 @@ async fn slow_consumer_is_cut_off_and_counted() {
         0
     );
     // `slow` reads nothing from here on while 50k events of ~1 KiB go by.
+    const FLOOD: u64 = 50_000;
+    let before = pbx.stats().events_sent;
     pbx.flood(FloodSpec {
         rate_per_s: None,
-        count: Some(50_000),
+        count: Some(FLOOD),
         event_bytes: 1000,
     });
     wait_metric(hub.addr, "amihub_ws_slow_consumer_closes_total", |n| n == 1).await;
-    pbx.stop_flood();
     assert_eq!(
         slow.closed(PATIENCE).await,
         Closed::Code(4008, "slow consumer".into())
     );
     wait_metric(hub.addr, "amihub_ws_sessions", |n| n == 0).await;
-    // Let what the flood already sent drain through amihub before a new client joins (with a
-    // 64 KiB bound, a test task reading a full-speed flood would itself be cut loose).
+    // Let the whole flood drain through amihub before a new client joins (with a 64 KiB bound,
+    // a test task reading a full-speed flood would itself be cut loose). The flood is left to
+    // end by its count: stopping it would race a batch the simulator is still writing.
+    assert!(
+        pbx.wait_for(PATIENCE, |s| s.events_sent >= before + FLOOD)
+            .await,
+        "the simulator did not finish its flood"
+    );
     let sent = pbx.stats().events_sent;
     wait_metric(hub.addr, "amihub_ami_packets_in_total", |n| n >= sent).await;
     // Others are served as before.
