@@ -270,13 +270,13 @@ impl SessionIo {
 
     /// The writer took `n` bytes for the socket.
     pub fn sub_queued(&self, n: usize) {
+        // SeqCst, pairing with the fence in `any_drained`: the waiter sees this subtraction or
+        // this sees its mark (no fence of its own: on x86 the read-modify-write is one already).
         let before = self
             .queued
-            .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(n)))
+            .fetch_update(SeqCst, Relaxed, |q| Some(q.saturating_sub(n)))
             .unwrap_or_default();
-        // Pairs with the fence in `any_drained`: the waiter sees this write or this sees its mark.
-        fence(SeqCst);
-        let mark = self.watch.load(Relaxed);
+        let mark = self.watch.load(SeqCst);
         if mark > 0 && before > mark && before.saturating_sub(n) <= mark {
             self.drained.notify_waiters();
         }
