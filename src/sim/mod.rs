@@ -280,6 +280,9 @@ impl SimPbx {
             .each_logged_in(wire::USER, || Out::Flood(Some(spec.clone())));
     }
 
+    /// Asks every connection to stop its flood. It takes effect behind what a connection is
+    /// writing: a batch already being written still goes out and is counted in `events_sent`
+    /// afterwards, so a test that needs a final count lets the flood end by its `count`.
     pub fn stop_flood(&self) {
         self.inner.each_logged_in(0, || Out::Flood(None));
     }
