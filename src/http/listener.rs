@@ -1,13 +1,18 @@
 //! Builds the HTTP server on an already-bound listener: plain or TLS (openssl), with the
 //! connection's socket recorded so a stalled WebSocket can be shut down.
 
-use std::any::Any;
 use std::os::fd::AsRawFd;
 
-use actix_web::dev::{Extensions, Server};
-use actix_web::{App, HttpServer};
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+use actix_http::{error::DispatchError, HttpService, Protocol};
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_tls::accept::openssl::{Acceptor, TlsStream};
+use actix_tls::accept::TlsError;
+use actix_web::dev::{AppConfig, Extensions, Server};
+use actix_web::rt::net::TcpStream;
+use actix_web::App;
+use openssl::ssl::{AlpnError, SslAcceptor, SslFiletype, SslMethod};
 
+use super::conn::Conn;
 use super::{configure, AppState, ConnLocal, ConnSocket};
 
 /// Why the HTTP listener could not start.
@@ -19,20 +24,38 @@ pub enum ListenError {
     Io(#[from] std::io::Error),
 }
 
-fn record_socket(conn: &dyn Any, ext: &mut Extensions) {
-    let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>().or_else(|| {
-        conn.downcast_ref::<actix_tls::accept::openssl::TlsStream<actix_web::rt::net::TcpStream>>()
-            .map(|tls| tls.get_ref())
-    });
-    if let Some(tcp) = tcp {
-        ext.insert(ConnSocket(tcp.as_raw_fd()));
-        if let Ok(local) = tcp.local_addr() {
-            ext.insert(ConnLocal(local));
-        }
+/// The TCP socket under a connection, plain or TLS.
+pub trait TcpSocket {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TcpSocket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
     }
 }
 
+impl TcpSocket for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
+/// Records on each new connection its raw socket, local address and side queue (what the
+/// WebSocket handler needs from the connection).
+fn record_conn<S: TcpSocket>(conn: &Conn<S>, ext: &mut Extensions) {
+    let tcp = conn.get_ref().tcp();
+    ext.insert(ConnSocket(tcp.as_raw_fd()));
+    if let Ok(local) = tcp.local_addr() {
+        ext.insert(ConnLocal(local));
+    }
+    ext.insert(conn.side_queue());
+}
+
 /// Starts serving on `listener`; the returned server runs until stopped through its handle.
+///
+/// Built from actix-server and actix-http directly rather than `HttpServer`, so the connection
+/// can be wrapped ([`Conn`]) and a WebSocket session write beside the dispatcher.
 pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server, ListenError> {
     let http = state.settings.http.clone();
     let workers = if http.workers == 0 {
@@ -41,26 +64,84 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
         http.workers
     };
     let max_conn = state.settings.limits.max_sessions + 1024;
-    let server = HttpServer::new(move || {
-        App::new()
+    let tls = match (&http.tls_cert, &http.tls_key) {
+        (Some(cert), Some(key)) => Some(with_http11_alpn(tls_acceptor(cert, key)?)?),
+        _ => None,
+    };
+    let write_buffer = http.write_buffer_bytes;
+    let app = move || {
+        let app = App::new()
             .configure(configure(state.clone()))
             .wrap(actix_web::middleware::from_fn(super::gate))
-    })
-    .workers(workers)
-    .max_connections(max_conn)
-    .backlog(4096)
-    .h1_write_buffer_size(http.write_buffer_bytes)
-    // Small frames must leave at once, not wait for the client's delayed ACK (Nagle).
-    .tcp_nodelay(true)
-    .disable_signals()
-    .shutdown_timeout(5)
-    .on_connect(record_socket);
-    let server = match (&http.tls_cert, &http.tls_key) {
-        (Some(cert), Some(key)) => server.listen_openssl(listener, tls_acceptor(cert, key)?)?,
-        _ => server.listen(listener)?,
+            .into_factory()
+            .map_err(|e: actix_web::Error| e.error_response());
+        map_config(app, |_| AppConfig::default())
     };
-    Ok(server.run())
+    let builder = actix_server::Server::build()
+        .workers(workers)
+        .max_concurrent_connections(max_conn)
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(5);
+    let builder = match tls {
+        None => builder.listen("amihub-http", listener, move || {
+            let http = HttpService::build()
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .h1_write_buffer_size(write_buffer)
+                .on_connect_ext(record_conn)
+                .finish(app());
+            fn_service(|io: TcpStream| async move {
+                // Small frames must leave at once, not wait for the client's delayed ACK.
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, DispatchError>((Conn::new(io), Protocol::Http1, peer))
+            })
+            .and_then(http)
+        })?,
+        Some(acceptor) => builder.listen("amihub-https", listener, move || {
+            let http = HttpService::build()
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .h1_write_buffer_size(write_buffer)
+                .on_connect_ext(record_conn)
+                .finish(app());
+            Acceptor::new(acceptor.clone())
+                .map_init_err(|_| ())
+                .map_err(TlsError::into_service_error)
+                .map(|io: TlsStream<TcpStream>| {
+                    let _ = io.get_ref().set_nodelay(true);
+                    let peer = io.get_ref().peer_addr().ok();
+                    (Conn::new(io), Protocol::Http1, peer)
+                })
+                .and_then(http.map_err(TlsError::Service))
+        })?,
+    };
+    Ok(builder.run())
 }
+
+/// Offers HTTP/1.1 only over ALPN (no HTTP/2: the WebSocket needs HTTP/1.1), as actix-web's
+/// own listener did.
+fn with_http11_alpn(mut b: openssl::ssl::SslAcceptorBuilder) -> Result<SslAcceptor, ListenError> {
+    const H11: &[u8] = b"\x08http/1.1";
+    b.set_alpn_select_callback(|_, offered| {
+        if offered.windows(H11.len()).any(|w| w == H11) {
+            Ok(b"http/1.1")
+        } else {
+            Err(AlpnError::NOACK)
+        }
+    });
+    b.set_alpn_protos(H11).map_err(|e| ListenError::Tls {
+        file: "ALPN".into(),
+        message: e.to_string(),
+    })?;
+    Ok(b.build())
+}
+
+/// What `HttpServer` sets by default: a client has 5 s to send its request head, and 1 s to
+/// close after the response before the connection is dropped.
+const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CLIENT_DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A TLS acceptor (Mozilla's intermediate profile) for a PEM certificate chain and key; the
 /// HTTP listener and the AMI listener share it.

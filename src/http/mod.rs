@@ -3,6 +3,7 @@
 
 mod api;
 mod budget;
+pub mod conn;
 mod gate;
 pub mod listener;
 mod origin;
@@ -181,5 +182,9 @@ async fn ws_upgrade(
     // The codec refuses frames far past the limit outright; the session answers the rest.
     let codec = actix_http::ws::Codec::new().max_size(limits.max_client_message_bytes * 4);
     let stream = ws::WebsocketContext::with_codec(session, payload, codec);
-    Ok(res.streaming(OutboundStream::new(Box::pin(stream), io)))
+    let Some(side) = req.conn_data::<conn::SideQueue>().cloned() else {
+        return Ok(HttpResponse::InternalServerError()
+            .json(json!({"error": "connection has no side queue (not from amihub's listener)"})));
+    };
+    Ok(res.streaming(OutboundStream::new(Box::pin(stream), io, side)))
 }

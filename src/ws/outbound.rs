@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
 
+use crate::http::conn::SideQueue;
 pub use crate::registry::session::SessionIo;
 
 /// Frames `texts` as unmasked WebSocket text frames, back to back in one buffer.
@@ -30,10 +31,17 @@ pub fn frame_texts(texts: &[ByteString]) -> Bytes {
     buf.freeze()
 }
 
-/// Wraps the WebSocket context's byte stream (the HTTP response body).
+/// Bytes a session hands its connection's side queue before it waits for the socket to take
+/// them: about what actix-http's own write buffer held (32 KiB), but in shared buffers.
+const SIDE_LIMIT: usize = 64 * 1024;
+
+/// The HTTP response body of a WebSocket session. It writes nothing through actix-http (which
+/// would copy every frame into its write buffer): everything goes, in order, into the
+/// connection's [`SideQueue`], which the connection writes behind the 101 head.
 pub struct OutboundStream<S> {
     inner: Option<S>,
     io: Arc<SessionIo>,
+    side: SideQueue,
     closed: bool,
     /// The context's close frame, written after the batches queued before it.
     held: Option<Bytes>,
@@ -41,10 +49,11 @@ pub struct OutboundStream<S> {
 }
 
 impl<S> OutboundStream<S> {
-    pub fn new(inner: S, io: Arc<SessionIo>) -> Self {
+    pub fn new(inner: S, io: Arc<SessionIo>, side: SideQueue) -> Self {
         OutboundStream {
             inner: Some(inner),
             io,
+            side,
             closed: false,
             held: None,
             inner_done: false,
@@ -76,45 +85,50 @@ where
             // Dropping the context frees every queued frame and stops the session actor.
             this.inner = None;
             this.io.clear();
-            if this.closed {
-                return Poll::Ready(None);
+            if !this.closed {
+                this.closed = true;
+                let (code, reason) = this.io.close_reason().unwrap_or((1011, String::new()));
+                let mut buf = BytesMut::new();
+                let reason = CloseReason {
+                    code: CloseCode::from(code),
+                    description: Some(reason),
+                };
+                Parser::write_close(&mut buf, Some(reason), false);
+                this.side.push(buf.freeze());
             }
-            this.closed = true;
-            let (code, reason) = this.io.close_reason().unwrap_or((1011, String::new()));
-            let mut buf = BytesMut::new();
-            let reason = CloseReason {
-                code: CloseCode::from(code),
-                description: Some(reason),
-            };
-            Parser::write_close(&mut buf, Some(reason), false);
-            return Poll::Ready(Some(Ok(buf.freeze())));
+            // The connection writes what is queued before it shuts down.
+            return Poll::Ready(None);
         }
         // The context first, so the actor runs (and pings are answered) however busy we are.
-        if this.held.is_none() && !this.inner_done {
-            if let Some(inner) = this.inner.as_mut() {
-                match Pin::new(inner).poll_next(cx) {
-                    Poll::Ready(Some(Ok(bytes))) if is_close(&bytes) => this.held = Some(bytes),
-                    Poll::Ready(Some(Ok(bytes))) => return Poll::Ready(Some(Ok(bytes))),
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                    Poll::Ready(None) => this.inner_done = true,
-                    Poll::Pending => {}
-                }
+        while this.held.is_none() && !this.inner_done && this.side.has_room(SIDE_LIMIT) {
+            let Some(inner) = this.inner.as_mut() else {
+                break;
+            };
+            match Pin::new(inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) if is_close(&bytes) => this.held = Some(bytes),
+                Poll::Ready(Some(Ok(bytes))) => this.side.push(bytes),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.inner_done = true,
+                Poll::Pending => break,
             }
         }
-        while let Some(batch) = this.io.pop().filter(|_| !this.closed) {
+        let mut emptied = false;
+        while !this.closed && this.side.has_room(SIDE_LIMIT) {
+            let Some(batch) = this.io.pop() else {
+                emptied = true;
+                if let Some(close) = this.held.take() {
+                    // Nothing after a close frame; the context still runs until the actor stops.
+                    this.closed = true;
+                    this.io.clear();
+                    this.side.push(close);
+                }
+                break;
+            };
             let (bytes, queued) = batch.wire(&this.io, frame_texts);
             this.io.sub_queued(queued);
-            if !bytes.is_empty() {
-                return Poll::Ready(Some(Ok(bytes)));
-            }
+            this.side.push(bytes);
         }
-        if let Some(close) = this.held.take() {
-            // Nothing after a close frame; the context still runs until the actor stops.
-            this.closed = true;
-            this.io.clear();
-            return Poll::Ready(Some(Ok(close)));
-        }
-        if this.inner_done {
+        if this.inner_done && (this.closed || emptied) {
             return Poll::Ready(None);
         }
         Poll::Pending
