@@ -1376,10 +1376,18 @@ type TlsStream = tokio_openssl::SslStream<TcpStream>;
 
 /// A TLS connection to `addr` that verifies the server against `ca` (and its IP SAN).
 async fn tls_connect(addr: SocketAddr, ca: &X509) -> TlsStream {
+    tls_connect_offering(addr, ca, None).await
+}
+
+/// A TLS connection that offers `alpn` (wire format) when given.
+async fn tls_connect_offering(addr: SocketAddr, ca: &X509, alpn: Option<&[u8]>) -> TlsStream {
     let mut b = SslConnector::builder(SslMethod::tls()).expect("connector");
     b.cert_store_mut()
         .add_cert(ca.clone())
         .expect("trust the test CA");
+    if let Some(protos) = alpn {
+        b.set_alpn_protos(protos).expect("alpn");
+    }
     let ssl = b
         .build()
         .configure()
@@ -1458,6 +1466,10 @@ async fn https_and_wss_with_a_trusted_certificate() {
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
+
+    // ALPN: a client offering HTTP/2 first is answered with HTTP/1.1, the only one served.
+    let tls = tls_connect_offering(hub.addr, &ca, Some(b"\x02h2\x08http/1.1")).await;
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
 
     // WSS: statuses and events arrive; actions round-trip.
     let tls = tls_connect(hub.addr, &ca).await;

@@ -169,3 +169,71 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_side_queue_goes_after_the_dispatchers_bytes_in_order_through_a_small_pipe() {
+        // An 8-byte pipe: every write is partial and most flushes wait for the reader.
+        let (socket, mut peer) = tokio::io::duplex(8);
+        let mut conn = Conn::new(socket);
+        let side = conn.side_queue();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.map(|_| got)
+        });
+        conn.write_all(b"HTTP/1.1 101 head\r\n\r\n").await.unwrap();
+        side.push(Bytes::from_static(b"first frame;"));
+        side.push(Bytes::new());
+        side.push(Bytes::from_static(b"second;"));
+        assert_eq!(side.queued(), 19);
+        conn.flush().await.unwrap();
+        assert_eq!(side.queued(), 0, "a flush writes the whole side queue");
+        side.push(Bytes::from_static(b"third"));
+        conn.shutdown().await.unwrap();
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "HTTP/1.1 101 head\r\n\r\nfirst frame;second;third"
+        );
+    }
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_stopped_at_its_limit_is_woken_once_the_queue_drains_below_it() {
+        let (socket, mut peer) = tokio::io::duplex(64);
+        let mut conn = Conn::new(socket);
+        let side = conn.side_queue();
+        side.push(Bytes::from(vec![b'x'; 100]));
+        assert!(side.has_room(101));
+        assert!(!side.has_room(50), "100 bytes wait, the limit is 50");
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // The pipe takes 64 bytes: 36 are left, below the limit, so the writer is told.
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_pending());
+        assert_eq!(side.queued(), 36);
+        assert_eq!(
+            count.0.load(Relaxed),
+            1,
+            "woken once, on crossing the limit"
+        );
+        let mut buf = [0u8; 64];
+        peer.read_exact(&mut buf).await.unwrap();
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        assert_eq!(side.queued(), 0);
+    }
+}
