@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::FanoutSettings;
+use crate::config::{FanoutSettings, MAX_FLUSH_INTERVAL_MS};
 
 use super::fanout::Outgoing;
 
@@ -66,9 +66,25 @@ impl<T: Weight> Held<T> {
         }
     }
 
-    /// Holds a server's batch that arrived at `now` until the next flush, or says to flush
-    /// now; hands it back when coalescing is off.
-    pub fn hold(&mut self, server: u32, batch: Vec<T>, now: Instant) -> Hold<T> {
+    /// The interval between flushes to `sessions` sessions: `flush_interval_ms`, or longer
+    /// so that sessions × flushes per second stays within `session_flushes_per_second`, but
+    /// never past [`MAX_FLUSH_INTERVAL_MS`].
+    pub fn interval(&self, sessions: usize) -> Duration {
+        let fixed = Duration::from_millis(self.settings.flush_interval_ms);
+        let budget = self.settings.session_flushes_per_second;
+        if budget == 0 {
+            return fixed;
+        }
+        let scaled = Duration::from_micros((sessions as u64).saturating_mul(1_000_000) / budget);
+        fixed
+            .max(scaled)
+            .min(Duration::from_millis(MAX_FLUSH_INTERVAL_MS))
+    }
+
+    /// Holds a server's batch that arrived at `now` until the next flush (the interval for
+    /// `sessions` sessions after the last one), or says to flush now; hands it back when
+    /// coalescing is off.
+    pub fn hold(&mut self, server: u32, batch: Vec<T>, now: Instant, sessions: usize) -> Hold<T> {
         if self.settings.flush_interval_ms == 0 {
             return Hold::Now(batch);
         }
@@ -77,7 +93,7 @@ impl<T: Weight> Held<T> {
             Some((_, held)) => held.extend(batch),
             None => self.servers.push((server, batch)),
         }
-        let interval = Duration::from_millis(self.settings.flush_interval_ms);
+        let interval = self.interval(sessions);
         let wait = self.flushed.map_or(Duration::ZERO, |at| {
             interval.saturating_sub(now.saturating_duration_since(at))
         });
@@ -136,6 +152,7 @@ mod tests {
         let mut held = Held::new(FanoutSettings {
             flush_interval_ms,
             flush_bytes,
+            session_flushes_per_second: 0,
         });
         assert!(held.drain(t0).is_empty());
         held
@@ -145,7 +162,7 @@ mod tests {
     fn off_hands_every_batch_back() {
         let t0 = Instant::now();
         let mut held = flushed_at(t0, 0, 1 << 16);
-        match held.hold(1, frames(&["a", "b"]), t0) {
+        match held.hold(1, frames(&["a", "b"]), t0, 1) {
             Hold::Now(batch) => assert_eq!(texts(&batch), ["a", "b"]),
             _ => panic!("coalescing is off"),
         }
@@ -158,35 +175,77 @@ mod tests {
         let mut held = Held::new(FanoutSettings {
             flush_interval_ms: 3,
             flush_bytes: 1 << 16,
+            ..FanoutSettings::default()
         });
         // Nothing flushed yet: the first frame is not delayed.
-        assert!(matches!(held.hold(1, frames(&["a"]), t0), Hold::Full));
+        assert!(matches!(held.hold(1, frames(&["a"]), t0, 1), Hold::Full));
         assert_eq!(held.drain(t0).len(), 1);
         // One millisecond after that flush: held for the two left of the interval.
-        assert!(matches!(held.hold(1, frames(&["b"]), t0 + ms(1)), Hold::Later(d) if d == ms(2)));
-        assert!(matches!(held.hold(1, frames(&["c"]), t0 + ms(2)), Hold::Later(d) if d == ms(1)));
+        assert!(
+            matches!(held.hold(1, frames(&["b"]), t0 + ms(1), 1), Hold::Later(d) if d == ms(2))
+        );
+        assert!(
+            matches!(held.hold(1, frames(&["c"]), t0 + ms(2), 1), Hold::Later(d) if d == ms(1))
+        );
         // The interval is up when the next frame arrives: everything held goes with it.
         assert!(matches!(
-            held.hold(1, frames(&["d"]), t0 + ms(3)),
+            held.hold(1, frames(&["d"]), t0 + ms(3), 1),
             Hold::Full
         ));
         let drained = held.drain(t0 + ms(3));
         assert_eq!(texts(&drained[0].1), ["b", "c", "d"]);
         // Long after the last flush: at once again.
         assert!(matches!(
-            held.hold(1, frames(&["e"]), t0 + ms(50)),
+            held.hold(1, frames(&["e"]), t0 + ms(50), 1),
             Hold::Full
         ));
+    }
+
+    #[test]
+    fn the_interval_grows_with_the_sessions_past_the_flush_budget() {
+        let held = Held::<Outgoing>::new(FanoutSettings::default());
+        // 40,000 session flushes per second: 3 ms serves 120 sessions.
+        assert_eq!(held.interval(1), ms(3));
+        assert_eq!(held.interval(100), ms(3));
+        assert_eq!(held.interval(200), ms(5));
+        assert_eq!(held.interval(1000), ms(25));
+        assert_eq!(
+            held.interval(1_000_000),
+            ms(MAX_FLUSH_INTERVAL_MS),
+            "capped"
+        );
+        let fixed = Held::<Outgoing>::new(FanoutSettings {
+            session_flushes_per_second: 0,
+            ..FanoutSettings::default()
+        });
+        assert_eq!(fixed.interval(1000), ms(3), "0 keeps the interval fixed");
+    }
+
+    #[test]
+    fn with_a_thousand_sessions_a_frame_waits_out_the_longer_interval() {
+        let t0 = Instant::now();
+        let mut held = Held::new(FanoutSettings::default());
+        assert!(held.drain(t0).is_empty());
+        assert!(
+            matches!(held.hold(1, frames(&["a"]), t0 + ms(10), 1000), Hold::Later(d) if d == ms(15))
+        );
+        assert!(
+            matches!(held.hold(1, frames(&["b"]), t0 + ms(10), 1), Hold::Full),
+            "one session: the 3 ms interval is long up"
+        );
     }
 
     #[test]
     fn holds_per_server_in_order_until_drained() {
         let t0 = Instant::now();
         let mut held = flushed_at(t0, 2, 1 << 16);
-        assert!(matches!(held.hold(1, frames(&["a"]), t0), Hold::Later(d) if d == ms(2)));
-        assert!(matches!(held.hold(2, frames(&["x"]), t0), Hold::Later(_)));
+        assert!(matches!(held.hold(1, frames(&["a"]), t0, 1), Hold::Later(d) if d == ms(2)));
         assert!(matches!(
-            held.hold(1, frames(&["b", "c"]), t0),
+            held.hold(2, frames(&["x"]), t0, 1),
+            Hold::Later(_)
+        ));
+        assert!(matches!(
+            held.hold(1, frames(&["b", "c"]), t0, 1),
             Hold::Later(_)
         ));
         let drained: Vec<(u32, Vec<String>)> = held
@@ -208,19 +267,25 @@ mod tests {
     fn passing_the_byte_bound_asks_for_a_flush() {
         let t0 = Instant::now();
         let mut held = flushed_at(t0, 5, 4);
-        assert!(matches!(held.hold(1, frames(&["ab"]), t0), Hold::Later(_)));
-        assert!(matches!(held.hold(1, frames(&["cd"]), t0), Hold::Full));
+        assert!(matches!(
+            held.hold(1, frames(&["ab"]), t0, 1),
+            Hold::Later(_)
+        ));
+        assert!(matches!(held.hold(1, frames(&["cd"]), t0, 1), Hold::Full));
         held.drain(t0);
         // The count starts again after a flush.
-        assert!(matches!(held.hold(1, frames(&["ef"]), t0), Hold::Later(_)));
+        assert!(matches!(
+            held.hold(1, frames(&["ef"]), t0, 1),
+            Hold::Later(_)
+        ));
     }
 
     #[test]
     fn a_direct_batch_of_a_server_goes_after_what_it_held() {
         let t0 = Instant::now();
         let mut held = flushed_at(t0, 5, 8);
-        held.hold(1, frames(&["a", "b"]), t0);
-        held.hold(2, frames(&["x"]), t0);
+        held.hold(1, frames(&["a", "b"]), t0, 1);
+        held.hold(2, frames(&["x"]), t0, 1);
         assert_eq!(
             texts(&held.before(1, frames(&["status"]))),
             ["a", "b", "status"]
@@ -228,7 +293,7 @@ mod tests {
         assert_eq!(texts(&held.before(1, frames(&["next"]))), ["next"]);
         // Server 1's bytes left the count: server 2's alone stay under the bound.
         assert!(matches!(
-            held.hold(2, frames(&["yyyy"]), t0),
+            held.hold(2, frames(&["yyyy"]), t0, 1),
             Hold::Later(_)
         ));
         assert_eq!(held.drain(t0).len(), 1);

@@ -275,7 +275,8 @@ impl Registry {
 
     /// Holds a server's broadcast frames for the next flush (`[fanout]`), or fans them out now.
     fn hold(&mut self, ctx: &mut Context<Self>, server: u32, batch: Vec<Framed>) {
-        match self.held.hold(server, batch, Instant::now()) {
+        let sessions = self.sessions.map.len();
+        match self.held.hold(server, batch, Instant::now(), sessions) {
             Hold::Now(batch) => self.broadcast(ctx, server, batch),
             Hold::Full => self.flush(ctx),
             Hold::Later(delay) if self.flush_timer.is_none() => {
