@@ -364,7 +364,7 @@ impl Default for HistorySettings {
 /// interval (or until `flush_bytes` are held). 0 = off (every PBX read is fanned out at once).
 /// With many sessions the interval grows so that sessions × flushes per second stays within
 /// `session_flushes_per_second` (each flush wakes every session and costs each a socket write):
-/// 3 ms up to 120 sessions, 25 ms at 1,000, at most `MAX_FLUSH_INTERVAL_MS`; 0 = fixed interval.
+/// 3 ms up to 90 sessions, 33 ms at 1,000, at most `MAX_FLUSH_INTERVAL_MS`; 0 = fixed interval.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FanoutSettings {
@@ -381,7 +381,7 @@ impl Default for FanoutSettings {
         FanoutSettings {
             flush_interval_ms: 3,
             flush_bytes: 64 << 10,
-            session_flushes_per_second: 40_000,
+            session_flushes_per_second: 30_000,
         }
     }
 }

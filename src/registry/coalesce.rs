@@ -204,11 +204,11 @@ mod tests {
     #[test]
     fn the_interval_grows_with_the_sessions_past_the_flush_budget() {
         let held = Held::<Outgoing>::new(FanoutSettings::default());
-        // 40,000 session flushes per second: 3 ms serves 120 sessions.
+        // 30,000 session flushes per second: 3 ms serves 90 sessions.
         assert_eq!(held.interval(1), ms(3));
-        assert_eq!(held.interval(100), ms(3));
-        assert_eq!(held.interval(200), ms(5));
-        assert_eq!(held.interval(1000), ms(25));
+        assert_eq!(held.interval(90), ms(3));
+        assert_eq!(held.interval(150), ms(5));
+        assert_eq!(held.interval(1500), ms(50));
         assert_eq!(
             held.interval(1_000_000),
             ms(MAX_FLUSH_INTERVAL_MS),
@@ -222,12 +222,12 @@ mod tests {
     }
 
     #[test]
-    fn with_a_thousand_sessions_a_frame_waits_out_the_longer_interval() {
+    fn with_1500_sessions_a_frame_waits_out_the_longer_interval() {
         let t0 = Instant::now();
         let mut held = Held::new(FanoutSettings::default());
         assert!(held.drain(t0).is_empty());
         assert!(
-            matches!(held.hold(1, frames(&["a"]), t0 + ms(10), 1000), Hold::Later(d) if d == ms(15))
+            matches!(held.hold(1, frames(&["a"]), t0 + ms(10), 1500), Hold::Later(d) if d == ms(40))
         );
         assert!(
             matches!(held.hold(1, frames(&["b"]), t0 + ms(10), 1), Hold::Full),
