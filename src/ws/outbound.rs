@@ -10,12 +10,14 @@
 //! and ends. A client that never reads again has its socket shut down by [`SessionIo::kill`].
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::AcqRel, Ordering::Release};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
 use futures_util::Stream;
 
 use crate::http::conn::SideQueue;
@@ -42,6 +44,10 @@ pub struct OutboundStream<S> {
     inner: Option<S>,
     io: Arc<SessionIo>,
     side: SideQueue,
+    /// What the context is polled with: it tells this task that the context has work (its
+    /// mailbox, timers, the client's frames), so a wake-up for a batch does not poll it.
+    inner_wake: Arc<InnerWake>,
+    inner_waker: Waker,
     closed: bool,
     /// The context's close frame, written after the batches queued before it.
     held: Option<Bytes>,
@@ -50,10 +56,16 @@ pub struct OutboundStream<S> {
 
 impl<S> OutboundStream<S> {
     pub fn new(inner: S, io: Arc<SessionIo>, side: SideQueue) -> Self {
+        let inner_wake = Arc::new(InnerWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         OutboundStream {
             inner: Some(inner),
             io,
             side,
+            inner_waker: Waker::from(inner_wake.clone()),
+            inner_wake,
             closed: false,
             held: None,
             inner_done: false,
@@ -64,6 +76,35 @@ impl<S> OutboundStream<S> {
 impl<S> Drop for OutboundStream<S> {
     fn drop(&mut self) {
         self.io.release_socket();
+    }
+}
+
+/// The session actor context's waker: marks the context as having work, then wakes the task.
+struct InnerWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl InnerWake {
+    /// Whether the context asked to be polled since the last look (and forgets it).
+    fn take(&self) -> bool {
+        self.woken.swap(false, AcqRel)
+    }
+
+    /// Polls the context again on the task's next poll.
+    fn again(&self) {
+        self.woken.store(true, Release);
+    }
+}
+
+impl Wake for InnerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.again();
+        self.task.wake();
     }
 }
 
@@ -81,6 +122,7 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         this.io.register(cx.waker());
+        this.inner_wake.task.register(cx.waker());
         if this.io.is_aborted() {
             // Dropping the context frees every queued frame and stops the session actor.
             this.inner = None;
@@ -99,17 +141,32 @@ where
             // The connection writes what is queued before it shuts down.
             return Poll::Ready(None);
         }
-        // The context first, so the actor runs (and pings are answered) however busy we are.
-        while this.held.is_none() && !this.inner_done && this.side.has_room(SIDE_LIMIT) {
-            let Some(inner) = this.inner.as_mut() else {
-                break;
-            };
-            match Pin::new(inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) if is_close(&bytes) => this.held = Some(bytes),
-                Poll::Ready(Some(Ok(bytes))) => this.side.push(bytes),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => this.inner_done = true,
-                Poll::Pending => break,
+        // The context first, so the actor runs (and pings are answered) however busy we are;
+        // but only when it has work: most wake-ups are the registry's batches.
+        if this.held.is_none() && !this.inner_done && this.inner_wake.take() {
+            let mut inner_cx = Context::from_waker(&this.inner_waker);
+            while let Some(inner) = this.inner.as_mut() {
+                if !this.side.has_room(SIDE_LIMIT) {
+                    // Woken again once the socket took some of the queue.
+                    this.inner_wake.again();
+                    break;
+                }
+                match Pin::new(inner).poll_next(&mut inner_cx) {
+                    Poll::Ready(Some(Ok(bytes))) if is_close(&bytes) => {
+                        this.held = Some(bytes);
+                        break;
+                    }
+                    Poll::Ready(Some(Ok(bytes))) => this.side.push(bytes),
+                    Poll::Ready(Some(Err(e))) => {
+                        this.inner_wake.again();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Ready(None) => {
+                        this.inner_done = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
             }
         }
         let mut emptied = false;
@@ -121,6 +178,8 @@ where
                     this.closed = true;
                     this.io.clear();
                     this.side.push(close);
+                    this.inner_wake.again();
+                    cx.waker().wake_by_ref();
                 }
                 break;
             };
