@@ -1,16 +1,21 @@
-//! Builds the HTTP server on an already-bound listener: plain or TLS (openssl), with the
-//! connection's socket recorded so a stalled WebSocket can be shut down.
+//! Builds the HTTP server on an already-bound listener: plain or TLS (openssl), each connection
+//! wrapped in a [`Conn`] (so a WebSocket writes beside the dispatcher), with its socket recorded
+//! so a stalled WebSocket can be shut down. Knows no routes: those are [`configure`]'s.
 
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use actix_http::{error::DispatchError, HttpService, Protocol};
-use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_service::{
+    fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
+};
 use actix_tls::accept::openssl::{Acceptor, TlsStream};
 use actix_tls::accept::TlsError;
 use actix_web::dev::{AppConfig, Extensions, Server};
 use actix_web::rt::net::TcpStream;
 use actix_web::App;
 use openssl::ssl::{AlpnError, SslAcceptor, SslFiletype, SslMethod};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::Conn;
 use super::{configure, AppState, ConnLocal, ConnSocket};
@@ -69,14 +74,6 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
         _ => None,
     };
     let write_buffer = http.write_buffer_bytes;
-    let app = move || {
-        let app = App::new()
-            .configure(configure(state.clone()))
-            .wrap(actix_web::middleware::from_fn(super::gate))
-            .into_factory()
-            .map_err(|e: actix_web::Error| e.error_response());
-        map_config(app, |_| AppConfig::default())
-    };
     let builder = actix_server::Server::build()
         .workers(workers)
         .max_concurrent_connections(max_conn)
@@ -85,27 +82,15 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
         .shutdown_timeout(5);
     let builder = match tls {
         None => builder.listen("amihub-http", listener, move || {
-            let http = HttpService::build()
-                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-                .h1_write_buffer_size(write_buffer)
-                .on_connect_ext(record_conn)
-                .finish(app());
             fn_service(|io: TcpStream| async move {
                 // Small frames must leave at once, not wait for the client's delayed ACK.
                 let _ = io.set_nodelay(true);
                 let peer = io.peer_addr().ok();
                 Ok::<_, DispatchError>((Conn::new(io), Protocol::Http1, peer))
             })
-            .and_then(http)
+            .and_then(http_service(state.clone(), write_buffer))
         })?,
         Some(acceptor) => builder.listen("amihub-https", listener, move || {
-            let http = HttpService::build()
-                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-                .h1_write_buffer_size(write_buffer)
-                .on_connect_ext(record_conn)
-                .finish(app());
             Acceptor::new(acceptor.clone())
                 .map_init_err(|_| ())
                 .map_err(TlsError::into_service_error)
@@ -114,7 +99,7 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
                     let peer = io.get_ref().peer_addr().ok();
                     (Conn::new(io), Protocol::Http1, peer)
                 })
-                .and_then(http.map_err(TlsError::Service))
+                .and_then(http_service(state.clone(), write_buffer).map_err(TlsError::Service))
         })?,
     };
     Ok(builder.run())
@@ -136,6 +121,33 @@ fn with_http11_alpn(mut b: openssl::ssl::SslAcceptorBuilder) -> Result<SslAccept
         message: e.to_string(),
     })?;
     Ok(b.build())
+}
+
+/// The App (routes behind the auth and origin gate) served over HTTP/1.1 on connections of `S`.
+fn http_service<S>(
+    state: AppState,
+    write_buffer: usize,
+) -> impl ServiceFactory<
+    (Conn<S>, Protocol, Option<SocketAddr>),
+    Config = (),
+    Response = (),
+    Error = DispatchError,
+    InitError = (),
+>
+where
+    S: TcpSocket + AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let app = App::new()
+        .configure(configure(state))
+        .wrap(actix_web::middleware::from_fn(super::gate))
+        .into_factory()
+        .map_err(|e: actix_web::Error| e.error_response());
+    HttpService::build()
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        .h1_write_buffer_size(write_buffer)
+        .on_connect_ext(record_conn::<S>)
+        .finish(map_config(app, |_| AppConfig::default()))
 }
 
 /// What `HttpServer` sets by default: a client has 5 s to send its request head, and 1 s to
