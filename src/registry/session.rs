@@ -45,28 +45,13 @@ impl Format {
 }
 
 /// A batch of frames shared by every session that takes all of it, with its wire rendering
-/// (made by the first front end that writes it on each thread, then shared by that thread's
-/// sessions: a copy per thread keeps the threads off each other's reference counts).
+/// (made by the first front end that writes it, then the same bytes for every session: one
+/// copy, whatever the threads; with the fan-out's flush budget, sessions clone it at most a few
+/// tens of thousands of times a second, so a shared reference count costs nothing that shows).
 pub struct SharedFrames {
     frames: Arc<[ByteString]>,
     bytes: usize,
-    wire: [WireSlot; WIRE_SLOTS],
-}
-
-/// Threads (HTTP workers) with a wire rendering of their own; more share the slots.
-const WIRE_SLOTS: usize = 4;
-
-/// One thread's wire rendering, on a cache line of its own.
-#[repr(align(128))]
-#[derive(Default)]
-struct WireSlot(OnceLock<Bytes>);
-
-thread_local! {
-    /// This thread's wire slot.
-    static WIRE_SLOT: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Relaxed) % WIRE_SLOTS
-    };
+    wire: OnceLock<Bytes>,
 }
 
 impl SharedFrames {
@@ -75,17 +60,13 @@ impl SharedFrames {
         SharedFrames {
             frames,
             bytes,
-            wire: Default::default(),
+            wire: OnceLock::new(),
         }
     }
 
-    /// The batch framed by `render`, once per thread.
+    /// The batch framed by `render`, once.
     fn wire(&self, render: Render) -> Bytes {
-        let slot = WIRE_SLOT.with(|s| *s);
-        self.wire[slot]
-            .0
-            .get_or_init(|| render(&self.frames))
-            .clone()
+        self.wire.get_or_init(|| render(&self.frames)).clone()
     }
 
     pub fn frames(&self) -> &Arc<[ByteString]> {
