@@ -46,6 +46,14 @@ impl TcpSocket for TlsStream<TcpStream> {
     }
 }
 
+/// A connection just accepted (after its TLS handshake, if any), as actix-http takes it.
+fn accepted<S: TcpSocket>(io: S) -> (Conn<S>, Protocol, Option<SocketAddr>) {
+    // Small frames must leave at once, not wait for the client's delayed ACK (Nagle).
+    let _ = io.tcp().set_nodelay(true);
+    let peer = io.tcp().peer_addr().ok();
+    (Conn::new(io), Protocol::Http1, peer)
+}
+
 /// Records on each new connection its raw socket, local address and side queue (what the
 /// WebSocket handler needs from the connection).
 fn record_conn<S: TcpSocket>(conn: &Conn<S>, ext: &mut Extensions) {
@@ -82,23 +90,14 @@ pub fn serve(state: AppState, listener: std::net::TcpListener) -> Result<Server,
         .shutdown_timeout(5);
     let builder = match tls {
         None => builder.listen("amihub-http", listener, move || {
-            fn_service(|io: TcpStream| async move {
-                // Small frames must leave at once, not wait for the client's delayed ACK.
-                let _ = io.set_nodelay(true);
-                let peer = io.peer_addr().ok();
-                Ok::<_, DispatchError>((Conn::new(io), Protocol::Http1, peer))
-            })
-            .and_then(http_service(state.clone(), write_buffer))
+            fn_service(|io: TcpStream| async move { Ok::<_, DispatchError>(accepted(io)) })
+                .and_then(http_service(state.clone(), write_buffer))
         })?,
         Some(acceptor) => builder.listen("amihub-https", listener, move || {
             Acceptor::new(acceptor.clone())
                 .map_init_err(|_| ())
                 .map_err(TlsError::into_service_error)
-                .map(|io: TlsStream<TcpStream>| {
-                    let _ = io.get_ref().set_nodelay(true);
-                    let peer = io.get_ref().peer_addr().ok();
-                    (Conn::new(io), Protocol::Http1, peer)
-                })
+                .map(accepted::<TlsStream<TcpStream>>)
                 .and_then(http_service(state.clone(), write_buffer).map_err(TlsError::Service))
         })?,
     };

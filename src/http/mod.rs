@@ -157,6 +157,11 @@ async fn ws_upgrade(
             return Ok(HttpResponse::BadRequest().json(json!({ "error": error })));
         }
     };
+    // Every connection of amihub's listener has one; checked before a session slot is taken.
+    let Some(side) = req.conn_data::<conn::SideQueue>().cloned() else {
+        return Ok(HttpResponse::InternalServerError()
+            .json(json!({"error": "connection has no side queue (not from amihub's listener)"})));
+    };
     let Some(slot) = SessionSlot::acquire(&state.metrics, |m| &m.ws_sessions, limits.max_sessions)
     else {
         Metrics::inc(&state.metrics.ws_refused_sessions_total);
@@ -182,9 +187,5 @@ async fn ws_upgrade(
     // The codec refuses frames far past the limit outright; the session answers the rest.
     let codec = actix_http::ws::Codec::new().max_size(limits.max_client_message_bytes * 4);
     let stream = ws::WebsocketContext::with_codec(session, payload, codec);
-    let Some(side) = req.conn_data::<conn::SideQueue>().cloned() else {
-        return Ok(HttpResponse::InternalServerError()
-            .json(json!({"error": "connection has no side queue (not from amihub's listener)"})));
-    };
     Ok(res.streaming(OutboundStream::new(Box::pin(stream), io, side)))
 }

@@ -4,8 +4,10 @@
 //! The registry queues batches on the session's [`SessionIo`] and wakes this task; a batch
 //! every session takes whole is framed once (WebSocket header and JSON, [`frame_texts`]) and
 //! the same bytes go to every session; one that filters is selected and framed here, in its
-//! own task. The session actor's context stream carries only control frames (ping, pong,
-//! close), and drives the actor. When a session passes its bound the registry calls
+//! own task. Everything, batches and the context's frames alike, goes in order onto the
+//! connection's side queue ([`crate::http::conn`]), never through actix-http's write buffer.
+//! The session actor's context stream carries only control frames (ping, pong, close), and
+//! drives the actor. When a session passes its bound the registry calls
 //! [`SessionIo::abort`]: the wrapper drops everything still queued, sends a 4008 close frame
 //! and ends. A client that never reads again has its socket shut down by [`SessionIo::kill`].
 
