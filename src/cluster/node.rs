@@ -326,8 +326,6 @@ impl Node {
             packets: publisher.clone().recipient(),
             status: publisher.clone().recipient(),
             shared: true,
-            // The stream's readers coalesce on their own nodes: read the PBX at once.
-            pace: crate::pbx::Pace::default(),
         };
         let (limits, reconnect, metrics) = (
             self.ami_limits,

@@ -1,6 +1,5 @@
 //! Opening the byte stream to a PBX: TCP, optionally TLS (openssl, verifying certificates).
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -57,15 +56,14 @@ pub fn tls_connector(s: &ServerSettings) -> Result<Option<SslConnector>, PbxErro
     Ok(Some(b.build()))
 }
 
-/// Opens TCP (and TLS when configured) within `timeout`; with the TCP socket's descriptor,
-/// which stays open as long as the stream.
+/// Opens TCP (and TLS when configured) within `timeout`.
 pub async fn open(
     host: String,
     port: u16,
     tls: Option<SslConnector>,
     verify_host: bool,
     timeout: Duration,
-) -> Result<(Box<dyn AmiIo>, RawFd), PbxError> {
+) -> Result<Box<dyn AmiIo>, PbxError> {
     let addr = format!("{host}:{port}");
     let ms = timeout.as_millis() as u64;
     let fut = async {
@@ -76,9 +74,8 @@ pub async fn open(
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        let fd = tcp.as_raw_fd();
         let Some(connector) = tls else {
-            return Ok((Box::new(tcp) as Box<dyn AmiIo>, fd));
+            return Ok(Box::new(tcp) as Box<dyn AmiIo>);
         };
         let tls_err = |message: String| PbxError::Tls {
             addr: addr.clone(),
@@ -93,7 +90,7 @@ pub async fn open(
             .connect()
             .await
             .map_err(|e| tls_err(e.to_string()))?;
-        Ok((Box::new(stream) as Box<dyn AmiIo>, fd))
+        Ok(Box::new(stream) as Box<dyn AmiIo>)
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result,

@@ -6,10 +6,8 @@
 
 pub mod backoff;
 pub mod connect;
-pub mod pace;
 mod state_sync;
 
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +29,6 @@ use crate::registry::{Inbound, PbxPackets, PbxStatusChanged, Registry};
 use crate::ws::protocol::{encode_packet_into, ServerTag};
 use backoff::Backoff;
 pub use connect::PbxError;
-pub use pace::Pace;
-use pace::{PacedRead, Urgency};
 pub(crate) use state_sync::now_ms;
 pub use state_sync::{GetQuality, GetState, StateTracker};
 
@@ -82,9 +78,6 @@ pub struct Sink {
     /// Cluster: a shared stream, read by other nodes' state trackers too, so the replies to
     /// their snapshot actions go there instead of being dropped here.
     pub shared: bool,
-    /// How long a quiet PBX socket waits before it is read again (the registry's flush
-    /// interval; zero reads at once).
-    pub pace: Pace,
 }
 
 impl From<Addr<Registry>> for Sink {
@@ -93,7 +86,6 @@ impl From<Addr<Registry>> for Sink {
             packets: a.clone().recipient(),
             status: a.recipient(),
             shared: false,
-            pace: Pace::default(),
         }
     }
 }
@@ -168,8 +160,6 @@ pub struct PbxConn {
     outbox: Option<mpsc::UnboundedSender<ToSink>>,
     /// Batches handed over and not yet answered by the sink.
     flow: Arc<Flow>,
-    /// Until when the socket is read unpaced (moved on by every action written).
-    urgency: Urgency,
 }
 
 impl PbxConn {
@@ -209,7 +199,6 @@ impl PbxConn {
             tracker: StateTracker::relaying(relay),
             outbox: None,
             flow: Arc::default(),
-            urgency: Urgency::default(),
         }
     }
 
@@ -268,20 +257,13 @@ impl PbxConn {
             Duration::from_millis(self.reconnect.connect_timeout_ms),
         );
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((io, fd)) => act.attach(io, fd, ctx),
+            Ok(io) => act.attach(io, ctx),
             Err(e) => act.drop_connection(ctx, e.to_string()),
         }));
     }
 
-    fn attach(&mut self, io: Box<dyn connect::AmiIo>, fd: RawFd, ctx: &mut Context<Self>) {
+    fn attach(&mut self, io: Box<dyn connect::AmiIo>, ctx: &mut Context<Self>) {
         let (read, mut write) = tokio::io::split(io);
-        self.urgency = Urgency::default();
-        let read = PacedRead::new(
-            read,
-            Some(fd),
-            self.registry.pace.clone(),
-            self.urgency.clone(),
-        );
         ctx.add_stream(
             FramedRead::with_capacity(read, AmiDecoder::new(self.limits, true), READ_BUFFER)
                 .ready_chunks(BATCH),
@@ -317,7 +299,6 @@ impl PbxConn {
     }
 
     fn write(&mut self, ctx: &mut Context<Self>, action: Action) {
-        self.urgency.action_written();
         let sent = match &self.writer {
             Some(w) => w.try_send(action).is_ok(),
             None => false,
@@ -757,7 +738,6 @@ impl Handler<SendAction> for PbxConn {
             return Err(PbxError::NotConnected { server_id });
         }
         msg.action.to_bytes()?;
-        self.urgency.action_written();
         let writer = self
             .writer
             .as_ref()

@@ -15,7 +15,7 @@ use crate::ami::Action;
 use crate::auth::Rights;
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
-use crate::pbx::{PbxConn, PbxHandle, ServerStatus, Shutdown as PbxShutdown, Sink};
+use crate::pbx::{PbxConn, PbxHandle, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{encode_status, ServerTag};
 
 /// Start a supervised PBX actor for this server (validated settings) and route for it.
@@ -125,7 +125,6 @@ impl Handler<AddServer> for Registry {
         }
         let (limits, reconnect) = (self.ami_limits, self.reconnect.clone());
         let (registry, metrics, settings) = (ctx.address(), self.metrics.clone(), s.clone());
-        let pace = self.pace.clone();
         self.next_generation += 1;
         let generation = self.next_generation;
         let addr = match &self.cluster {
@@ -136,10 +135,7 @@ impl Handler<AddServer> for Registry {
                     generation,
                     limits,
                     reconnect,
-                    Sink {
-                        pace,
-                        ..registry.into()
-                    },
+                    registry.into(),
                     metrics,
                 )
             })

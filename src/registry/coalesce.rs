@@ -1,8 +1,8 @@
 //! Write coalescing (`[fanout] flush_interval_ms`, Centrifugo's write delay): broadcast frames
 //! are fanned out at most once per interval, so every session gets one wake-up and one socket
 //! write per interval instead of one per PBX read. A frame that arrives when the last flush is
-//! an interval old or more (less a quarter of it: no timer for that little) goes out at once
-//! (with everything held before it); one that arrives sooner is held until the interval is up, or until the held frames pass `flush_bytes`. So a
+//! an interval old or more goes out at once (with everything held before it); one that arrives
+//! sooner is held until the interval is up, or until the held frames pass `flush_bytes`. So a
 //! quiet PBX's events are not delayed at all, and a busy one's wait less than an interval.
 //! Frames keep their order (a server's held frames always go out before anything else of that
 //! server), and nothing is stamped or kept for resume before it is fanned out, so a session
@@ -42,7 +42,7 @@ pub enum Hold<T> {
     Now(Vec<T>),
     /// Held; flush once `Duration` has passed (arm a timer if none is armed).
     Later(Duration),
-    /// The last flush is (about) an interval old, or the held frames passed `flush_bytes`: flush
+    /// The last flush is an interval old, or the held frames passed `flush_bytes`: flush
     /// everything now.
     Full,
 }
@@ -81,15 +81,6 @@ impl<T: Weight> Held<T> {
             .min(Duration::from_millis(MAX_FLUSH_INTERVAL_MS))
     }
 
-    /// How long a PBX socket with nothing more waiting may go unread: the interval, or zero
-    /// when coalescing is off (frames would go out at once, so should the reads).
-    pub fn pace(&self, sessions: usize) -> Duration {
-        if self.settings.flush_interval_ms == 0 {
-            return Duration::ZERO;
-        }
-        self.interval(sessions)
-    }
-
     /// Holds a server's batch that arrived at `now` until the next flush (the interval for
     /// `sessions` sessions after the last one), or says to flush now; hands it back when
     /// coalescing is off.
@@ -106,9 +97,7 @@ impl<T: Weight> Held<T> {
         let wait = self.flushed.map_or(Duration::ZERO, |at| {
             interval.saturating_sub(now.saturating_duration_since(at))
         });
-        // A wait of a quarter interval or less is not worth a timer (it would fire a whole
-        // timer tick later): a PBX read at the registry's pace arrives just about then.
-        if self.bytes >= self.settings.flush_bytes || wait <= interval / 4 {
+        if self.bytes >= self.settings.flush_bytes || wait.is_zero() {
             Hold::Full
         } else {
             Hold::Later(wait)

@@ -30,7 +30,7 @@ use crate::config::{
     FanoutSettings, HistorySettings, LimitSettings, ReconnectSettings, ServerSettings,
 };
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::pbx::{Pace, PbxHandle, SendAction, ServerStatus, Shutdown as PbxShutdown};
+use crate::pbx::{PbxHandle, SendAction, ServerStatus, Shutdown as PbxShutdown};
 use crate::ws::protocol::{
     encode_packet, encode_prompt, encode_reply, encode_status, encode_status_with, with_position,
     with_positions, ServerTag,
@@ -230,8 +230,6 @@ pub struct Registry {
     marks: resume::Marks,
     /// Broadcast frames waiting for the next flush (`[fanout]`), and the flush timer.
     held: Held<Framed>,
-    /// The flush interval the PBX actors read their sockets at (see `crate::pbx::pace`).
-    pace: Pace,
     flush_timer: Option<SpawnHandle>,
 }
 
@@ -259,7 +257,6 @@ impl Registry {
             history: HistorySettings::default(),
             marks: resume::Marks::default(),
             held: Held::new(FanoutSettings::default()),
-            pace: Pace::default(),
             flush_timer: None,
         }
     }
@@ -283,9 +280,6 @@ impl Registry {
             Hold::Now(batch) => self.broadcast(ctx, server, batch),
             Hold::Full => self.flush(ctx),
             Hold::Later(delay) if self.flush_timer.is_none() => {
-                // A quarter interval late: a PBX read at the registry's pace arrives just
-                // before the flush is due and flushes it; this timer is for the others.
-                let delay = delay + self.held.interval(sessions) / 4;
                 self.flush_timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.flush_timer = None;
                     act.flush(ctx);
@@ -304,10 +298,7 @@ impl Registry {
         if self.held.is_empty() {
             return;
         }
-        let now = Instant::now();
-        self.pace
-            .flushed(now.into(), self.held.pace(self.sessions.map.len()));
-        for (server, batch) in self.held.drain(now) {
+        for (server, batch) in self.held.drain(Instant::now()) {
             self.broadcast(ctx, server, batch);
         }
     }
