@@ -300,16 +300,7 @@ impl Handler<ServerState> for Registry {
 
     fn handle(&mut self, msg: ServerState, _ctx: &mut Context<Self>) -> Self::Result {
         let visible = self.visible_pbx(msg.server, &msg.rights);
-        Box::pin(async move {
-            let (pbx, status) = visible?;
-            let mut v = pbx
-                .state
-                .send(crate::pbx::GetState)
-                .await
-                .map_err(|e| ActionFailure::Failed(e.to_string()))?;
-            v["status"] = serde_json::json!(status);
-            Ok(v)
-        })
+        with_status(visible, |pbx| pbx.state.send(crate::pbx::GetState))
     }
 }
 
@@ -318,17 +309,27 @@ impl Handler<ServerQuality> for Registry {
 
     fn handle(&mut self, msg: ServerQuality, _ctx: &mut Context<Self>) -> Self::Result {
         let visible = self.visible_pbx(msg.server, &msg.rights);
-        Box::pin(async move {
-            let (pbx, status) = visible?;
-            let mut v = pbx
-                .quality
-                .send(msg.query)
-                .await
-                .map_err(|e| ActionFailure::Failed(e.to_string()))?;
-            v["status"] = serde_json::json!(status);
-            Ok(v)
-        })
+        with_status(visible, move |pbx| pbx.quality.send(msg.query))
     }
+}
+
+/// What a visible server's actor answers to `ask`, with the server's status added.
+fn with_status<F>(
+    visible: Result<(PbxHandle, &'static str), ActionFailure>,
+    ask: impl FnOnce(PbxHandle) -> F,
+) -> ResponseFuture<Result<serde_json::Value, ActionFailure>>
+where
+    F: std::future::Future<Output = Result<serde_json::Value, MailboxError>> + 'static,
+{
+    let asked = visible.map(|(pbx, status)| (ask(pbx), status));
+    Box::pin(async move {
+        let (answer, status) = asked?;
+        let mut v = answer
+            .await
+            .map_err(|e| ActionFailure::Failed(e.to_string()))?;
+        v["status"] = serde_json::json!(status);
+        Ok(v)
+    })
 }
 
 impl Handler<Readiness> for Registry {
