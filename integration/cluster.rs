@@ -804,3 +804,85 @@ async fn a_node_started_after_the_frames_were_published_replays_them_from_the_st
     );
     assert_offsets_run_on(&seen, 1, &epoch, offset + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_frames_were_trimmed_before_it_read_them_tells_its_sessions_of_the_gap() {
+    // A short shared history: 100 frames. The node that does not own pbx1 is paused while
+    // the owner publishes a thousand more, so the stream is trimmed past where its reader
+    // stopped; once it runs again its sessions must hear of the frames they missed (a type 7
+    // "resume gap", as a resume would say) and then get live traffic again.
+    let redis = redis_or_skip!();
+    let pbxs = sims(1).await;
+    let config = |node: &str| {
+        format!(
+            "{}[history]\nmax_frames = 100\n",
+            node_config(&redis, node, &pbxs)
+        )
+    };
+    let hubs = [Amihub::start(&config("a")), Amihub::start(&config("b"))];
+    let o = wait_owners(&hubs[0], 1, |_| true).await;
+    let owner = usize::from(o[&1] == "b");
+    let quiet = 1 - owner;
+    let mut watchers = Vec::new();
+    for h in &hubs {
+        h.wait_status(1, "Connected").await;
+        watchers.push(Watcher::start(h).await);
+    }
+    let pbx = &pbxs[0];
+    pbx.flood(flood(1000));
+    watchers[quiet]
+        .wait("100 flood events", |f| floods_since_last_login(f, 1) >= 100)
+        .await;
+    hubs[quiet].signal("STOP");
+    let mark = watchers[owner].frames().len();
+    watchers[owner]
+        .wait("1,000 more events on the owner", |f| {
+            f[mark..]
+                .iter()
+                .filter(|v| flood_seq(v, 1).is_some())
+                .count()
+                >= 1000
+        })
+        .await;
+    hubs[quiet].signal("CONT");
+    watchers[quiet]
+        .wait("a resume gap, then live events again", |f| {
+            f.iter().position(|v| is_gap(v, 1)).is_some_and(|at| {
+                f[at + 1..]
+                    .iter()
+                    .filter(|v| flood_seq(v, 1).is_some())
+                    .count()
+                    >= 100
+            })
+        })
+        .await;
+    pbx.stop_flood();
+    let frames = watchers[quiet].frames();
+    let gap = frames.iter().find(|v| is_gap(v, 1)).expect("the gap");
+    assert!(
+        gap["data"]["Detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("left the shared history")),
+        "{gap}"
+    );
+    // The Seqs it got run on without a hole on either side of the gap, and jump across it.
+    let at = frames.iter().position(|v| is_gap(v, 1)).expect("the gap");
+    let (before, after) = (seqs_in(&frames[..at]), seqs_in(&frames[at + 1..]));
+    for run in [&before, &after] {
+        assert!(run.windows(2).all(|w| w[1] == w[0] + 1), "{run:?}");
+    }
+    let (last, next) = (before.last().copied(), after.first().copied());
+    assert!(
+        next > last.map(|l| l + 1),
+        "no frame was missed: {last:?} then {next:?}"
+    );
+    assert!(
+        hubs[quiet].log_contains("left the shared history"),
+        "the node did not log the gap"
+    );
+}
+
+/// The flood Seqs of server 1 among `frames`, in order.
+fn seqs_in(frames: &[Value]) -> Vec<u64> {
+    frames.iter().filter_map(|v| flood_seq(v, 1)).collect()
+}

@@ -424,7 +424,7 @@ impl Metrics {
                 "resume_gaps_total",
                 "counter",
                 &self.resume_gaps_total,
-                "Servers answered with resume gap (window passed, epoch changed, too big).",
+                "Resume gaps: servers answered with resume gap (window passed, epoch changed, too big), and cluster frames a node never read (trimmed).",
             ),
         ];
         let mut out = String::with_capacity(4096);

@@ -18,7 +18,9 @@ use crate::pbx::{
     GetQuality, GetState, PbxError, SendAction, ServerStatus, Shutdown, StateTracker,
 };
 use crate::registry::fanout::Outgoing;
-use crate::registry::{At, Inbound, KeepHistory, PbxPackets, PbxStatusChanged, Registry};
+use crate::registry::{
+    At, HistoryGap, Inbound, KeepHistory, PbxPackets, PbxStatusChanged, Registry,
+};
 use crate::ws::protocol::{encode_packet, encode_prompt, encode_status_with, ServerTag};
 
 /// How long an action waits for a server that has no owner (a takeover in progress).
@@ -64,6 +66,14 @@ impl Place {
                 self.newest = 0;
             }
         }
+    }
+
+    /// How many broadcast entries were skipped before one at `offset` (trimmed from the stream
+    /// before this node read them), if any.
+    fn missed(&self, offset: Option<u64>) -> Option<u64> {
+        let o = offset?;
+        let gap = o.checked_sub(self.newest.checked_add(1)?)?;
+        (self.epoch.is_some() && self.newest > 0 && gap > 0).then_some(gap)
     }
 
     /// The position of an entry (None before the epoch is known).
@@ -150,19 +160,7 @@ impl Mirror {
         let was = self.connected;
         self.connected = status == ServerStatus::Connected;
         if self.connected && !was {
-            let (store, server) = (self.store.clone(), self.settings.id);
-            let actions = self.tracker.start();
-            ctx.spawn(
-                async move {
-                    for a in actions {
-                        if let Err(e) = forward(store.clone(), server, a).await {
-                            log::warn!("server {server}: state snapshot not requested: {e}");
-                            break;
-                        }
-                    }
-                }
-                .into_actor(self),
-            );
+            self.rebuild_state(ctx);
         } else if !self.connected {
             self.tracker.abandon();
         }
@@ -176,6 +174,39 @@ impl Mirror {
             at,
         });
     }
+
+    /// Frames of the stream were lost to this node: its sessions are told, and the live state,
+    /// which missed them too, is rebuilt from a fresh snapshot.
+    fn history_gap(&mut self, ctx: &mut Context<Self>, missed: u64) {
+        if let Some(at) = self.place.at(None) {
+            self.registry.do_send(HistoryGap {
+                server_id: self.settings.id,
+                generation: self.generation,
+                missed,
+                at,
+            });
+        }
+        if self.connected {
+            self.rebuild_state(ctx);
+        }
+    }
+
+    /// Asks the owner, through the stream, for the snapshot the state tracker starts from.
+    fn rebuild_state(&mut self, ctx: &mut Context<Self>) {
+        let (store, server) = (self.store.clone(), self.settings.id);
+        let actions = self.tracker.start();
+        ctx.spawn(
+            async move {
+                for a in actions {
+                    if let Err(e) = forward(store.clone(), server, a).await {
+                        log::warn!("server {server}: state snapshot not requested: {e}");
+                        break;
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
 }
 
 impl Handler<Feed> for Mirror {
@@ -185,6 +216,13 @@ impl Handler<Feed> for Mirror {
         self.place.follow(&msg);
         let mut batch: Vec<Inbound> = Vec::new();
         for entry in msg.entries {
+            if let Some(missed) = self.place.missed(entry.offset) {
+                if !batch.is_empty() {
+                    let items = std::mem::take(&mut batch);
+                    self.registry.do_send(self.packets(items, None));
+                }
+                self.history_gap(ctx, missed);
+            }
             let at = self.place.at(entry.offset);
             match entry.item {
                 Item::Packet(p) => {

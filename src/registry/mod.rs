@@ -44,7 +44,7 @@ use fanout::{InBatch, Outgoing, Selection, SessionEntry, Sessions};
 use history::{FrameLog, History};
 pub use pending::{ActionFailure, Collected};
 use pending::{Pending, PendingTable, ReplyTo, Token, ID_PREFIX};
-pub use resume::Resume;
+pub use resume::{HistoryGap, Resume};
 use session::{any_drained, CloseSession, Deliver, Format, SessionIo};
 pub use subscription::Subscription;
 

@@ -3,7 +3,9 @@
 //! handler that also joins it, so no live frame falls between the replay and live traffic.
 //!
 //! It knows the session table and the servers' [`FrameLog`]s, not how either is stored, and
-//! not the WebSocket: a session asks with [`Resume`] and receives frames like any others.
+//! not the WebSocket: a session asks with [`Resume`] and receives frames like any others. The
+//! same gap, found live ([`HistoryGap`]: frames of the shared history this node never read),
+//! is told to every session of the server the same way.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,12 +16,48 @@ use serde_json::{json, Map, Value};
 use crate::metrics::Metrics;
 use crate::ws::protocol::{encode_reply_value, encode_status_with};
 
+use super::fanout::Outgoing;
 use super::history::Position;
 use super::session::Format;
+use super::At;
 use super::{Join, Registry, ServerEntry};
+use crate::amisrv::render::status_event;
 
 /// Reason of the type 7 a session gets for a server whose history no longer covers its request.
 pub const GAP_REASON: &str = "resume gap";
+
+/// Cluster mode: this node's reader came back to a server's stream after entries it had not
+/// read were trimmed from it (`[history] max_frames`), so its sessions missed `missed` frames.
+/// They are told live as a resume would tell them, with a type 7 "resume gap" (at the last
+/// position they had, not kept), and know to fetch a snapshot.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HistoryGap {
+    pub server_id: u32,
+    pub generation: u64,
+    pub missed: u64,
+    pub at: At,
+}
+
+impl Handler<HistoryGap> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: HistoryGap, ctx: &mut Context<Self>) {
+        let Some(server) = self.current(msg.server_id, msg.generation) else {
+            return;
+        };
+        let detail = format!(
+            "{} frames left the shared history before this node read them",
+            msg.missed
+        );
+        log::warn!("server {}: {detail}", msg.server_id);
+        let status = server.status.as_str();
+        let frame = encode_status_with(&server.tag, status, GAP_REASON, &[("Detail", &detail)]);
+        let notice = Outgoing::notice(frame, Some(status_event(status, GAP_REASON)));
+        Metrics::inc(&self.metrics.resume_gaps_total);
+        self.broadcast(ctx, msg.server_id, vec![(notice, Some(msg.at))]);
+    }
+}
 
 /// Replay what followed these positions, then continue live. With `join`, the session joins in
 /// the same step (`?resume=` on the WebSocket URL); without, it has joined before
