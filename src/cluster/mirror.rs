@@ -175,9 +175,10 @@ impl Mirror {
         });
     }
 
-    /// Frames of the stream were lost to this node: its sessions are told, and the live state,
-    /// which missed them too, is rebuilt from a fresh snapshot.
-    fn history_gap(&mut self, ctx: &mut Context<Self>, missed: u64) {
+    /// Frames of the stream were lost to this node: its sessions are told. (The live state is
+    /// not rebuilt here: a snapshot holds the server's events back until it completes, and the
+    /// gap may be a Redis that restarted, whose new epoch the reader is about to find.)
+    fn history_gap(&mut self, missed: u64) {
         if let Some(at) = self.place.at(None) {
             self.registry.do_send(HistoryGap {
                 server_id: self.settings.id,
@@ -185,9 +186,6 @@ impl Mirror {
                 missed,
                 at,
             });
-        }
-        if self.connected {
-            self.rebuild_state(ctx);
         }
     }
 
@@ -221,7 +219,7 @@ impl Handler<Feed> for Mirror {
                     let items = std::mem::take(&mut batch);
                     self.registry.do_send(self.packets(items, None));
                 }
-                self.history_gap(ctx, missed);
+                self.history_gap(missed);
             }
             let at = self.place.at(entry.offset);
             match entry.item {
