@@ -295,6 +295,16 @@ async fn three_nodes_ten_pbxs_one_login_each_spread_and_a_clean_stop_hands_over_
     eprintln!("clean stop: {} PBX(s) taken over in {took:?}", of_c.len());
 }
 
+/// A watcher on each of `hubs`, each started once its node sees pbx1 connected.
+async fn watch_each(hubs: &[Amihub]) -> Vec<Watcher> {
+    let mut watchers = Vec::new();
+    for h in hubs {
+        h.wait_status(1, "Connected").await;
+        watchers.push(Watcher::start(h).await);
+    }
+    watchers
+}
+
 /// Three nodes over three PBXs, one owned by each node; returns pbx1's owner (an index into the
 /// nodes) and a watcher on each other node, started once that node sees pbx1 connected.
 async fn pbx1_watched_from_the_other_nodes(
@@ -662,11 +672,7 @@ async fn redis_restarted_mid_flood_is_reported_recovered_from_and_a_resume_gap_w
     let pbxs = sims(1).await;
     let hubs = start_nodes(&redis, &["a", "b"], &pbxs);
     wait_owners(&hubs[0], 1, |_| true).await;
-    let mut watchers = Vec::new();
-    for h in &hubs {
-        h.wait_status(1, "Connected").await;
-        watchers.push(Watcher::start(h).await);
-    }
+    let watchers = watch_each(&hubs).await;
     let pbx = &pbxs[0];
     pbx.flood(flood(1000));
     for w in &watchers {
@@ -823,11 +829,7 @@ async fn a_node_whose_frames_were_trimmed_before_it_read_them_tells_its_sessions
     let o = wait_owners(&hubs[0], 1, |_| true).await;
     let owner = usize::from(o[&1] == "b");
     let quiet = 1 - owner;
-    let mut watchers = Vec::new();
-    for h in &hubs {
-        h.wait_status(1, "Connected").await;
-        watchers.push(Watcher::start(h).await);
-    }
+    let watchers = watch_each(&hubs).await;
     let pbx = &pbxs[0];
     pbx.flood(flood(1000));
     watchers[quiet]
@@ -858,7 +860,8 @@ async fn a_node_whose_frames_were_trimmed_before_it_read_them_tells_its_sessions
         .await;
     pbx.stop_flood();
     let frames = watchers[quiet].frames();
-    let gap = frames.iter().find(|v| is_gap(v, 1)).expect("the gap");
+    let at = frames.iter().position(|v| is_gap(v, 1)).expect("the gap");
+    let gap = &frames[at];
     assert!(
         gap["data"]["Detail"]
             .as_str()
@@ -866,8 +869,8 @@ async fn a_node_whose_frames_were_trimmed_before_it_read_them_tells_its_sessions
         "{gap}"
     );
     // The Seqs it got run on without a hole on either side of the gap, and jump across it.
-    let at = frames.iter().position(|v| is_gap(v, 1)).expect("the gap");
-    let (before, after) = (seqs_in(&frames[..at]), seqs_in(&frames[at + 1..]));
+    let frames: Vec<&Value> = frames.iter().collect();
+    let (before, after) = (seqs(&frames[..at], 1), seqs(&frames[at + 1..], 1));
     for run in [&before, &after] {
         assert!(run.windows(2).all(|w| w[1] == w[0] + 1), "{run:?}");
     }
@@ -880,9 +883,4 @@ async fn a_node_whose_frames_were_trimmed_before_it_read_them_tells_its_sessions
         hubs[quiet].log_contains("left the shared history"),
         "the node did not log the gap"
     );
-}
-
-/// The flood Seqs of server 1 among `frames`, in order.
-fn seqs_in(frames: &[Value]) -> Vec<u64> {
-    frames.iter().filter_map(|v| flood_seq(v, 1)).collect()
 }

@@ -189,6 +189,14 @@ impl Mirror {
         }
     }
 
+    /// Hands the registry what is batched so far (before a frame that must follow it).
+    fn hand_over(&self, batch: &mut Vec<Inbound>) {
+        if !batch.is_empty() {
+            let items = std::mem::take(batch);
+            self.registry.do_send(self.packets(items, None));
+        }
+    }
+
     /// Asks the owner, through the stream, for the snapshot the state tracker starts from.
     fn rebuild_state(&mut self, ctx: &mut Context<Self>) {
         let (store, server) = (self.store.clone(), self.settings.id);
@@ -215,10 +223,7 @@ impl Handler<Feed> for Mirror {
         let mut batch: Vec<Inbound> = Vec::new();
         for entry in msg.entries {
             if let Some(missed) = self.place.missed(entry.offset) {
-                if !batch.is_empty() {
-                    let items = std::mem::take(&mut batch);
-                    self.registry.do_send(self.packets(items, None));
-                }
+                self.hand_over(&mut batch);
                 self.history_gap(missed);
             }
             let at = self.place.at(entry.offset);
@@ -243,17 +248,11 @@ impl Handler<Feed> for Mirror {
                     }
                 }
                 Item::Status { status, reason } => {
-                    if !batch.is_empty() {
-                        let items = std::mem::take(&mut batch);
-                        self.registry.do_send(self.packets(items, None));
-                    }
+                    self.hand_over(&mut batch);
                     self.on_status(ctx, status, reason, at);
                 }
                 Item::Banner(banner) => {
-                    if !batch.is_empty() {
-                        let items = std::mem::take(&mut batch);
-                        self.registry.do_send(self.packets(items, None));
-                    }
+                    self.hand_over(&mut batch);
                     self.registry.do_send(PbxStatusChanged::logging_in(
                         self.settings.id,
                         self.generation,

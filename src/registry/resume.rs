@@ -51,12 +51,17 @@ impl Handler<HistoryGap> for Registry {
             msg.missed
         );
         log::warn!("server {}: {detail}", msg.server_id);
-        let status = server.status.as_str();
-        let frame = encode_status_with(&server.tag, status, GAP_REASON, &[("Detail", &detail)]);
-        let notice = Outgoing::notice(frame, Some(status_event(status, GAP_REASON)));
+        let ami = status_event(server.status.as_str(), GAP_REASON);
+        let notice = Outgoing::notice(gap_frame(server, &detail), Some(ami));
         Metrics::inc(&self.metrics.resume_gaps_total);
         self.broadcast(ctx, msg.server_id, vec![(notice, Some(msg.at))]);
     }
+}
+
+/// The type 7 that tells a session it missed frames of `server` (`detail`: why).
+fn gap_frame(server: &ServerEntry, detail: &str) -> ByteString {
+    let extra = [("Detail", detail)];
+    encode_status_with(&server.tag, server.status.as_str(), GAP_REASON, &extra)
 }
 
 /// Replay what followed these positions, then continue live. With `join`, the session joins in
@@ -211,9 +216,7 @@ impl Handler<Resume> for Registry {
                 }
                 Outcome::Gap(why) => {
                     Metrics::inc(&self.metrics.resume_gaps_total);
-                    let extra = [("Detail", why.as_str())];
-                    let status = server.status.as_str();
-                    frames.push(encode_status_with(&server.tag, status, GAP_REASON, &extra));
+                    frames.push(gap_frame(server, &why));
                     json!({"Gap": why})
                 }
             };
