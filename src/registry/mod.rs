@@ -234,7 +234,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// PBX actors run on `pbx_arbiter`, away from the registry and the HTTP workers.
+    /// PBX actors run on `pbx_arbiter` (the service passes the registry's own thread).
     pub fn new(
         limits: LimitSettings,
         ami_limits: Limits,
