@@ -75,6 +75,10 @@ pub struct Outcome {
     pub rss_start_mb: f64,
     pub rss_peak_mb: f64,
     pub rss_hwm_mb: f64,
+    /// The RSS growth of the same run without the stalled clients (the matrix's stalled row
+    /// runs that first), so what the stalled clients cost is told apart from what the busy
+    /// clients and the filling resume history cost.
+    pub baseline_growth_mb: Option<f64>,
     pub idle_kb_per_session: Option<f64>,
     pub amihub_cpu: f64,
     pub tool_cpu: f64,
@@ -100,6 +104,11 @@ impl Outcome {
 
     pub fn rss_growth_mb(&self) -> f64 {
         (self.rss_peak_mb - self.rss_start_mb).max(0.0)
+    }
+
+    /// The growth the stalled clients add over the baseline run (all of it without one).
+    pub fn stalled_growth_mb(&self) -> f64 {
+        (self.rss_growth_mb() - self.baseline_growth_mb.unwrap_or(0.0)).max(0.0)
     }
 }
 
