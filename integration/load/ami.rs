@@ -1,7 +1,9 @@
 //! `--ami`: the AMI listener under load. (1) Action round trip: sequential `Ping`s answered by
-//! the simulated PBX, alternately on a direct AMI connection to the simulator and through
-//! amihub's AMI listener (`Server: load`), in the same run; p50/p99 of each and the difference.
-//! (2) Events to N AMI clients: a flood of `rate` events/s for `duration` s, counted per client.
+//! the simulated PBX, in turn on a direct AMI connection to the simulator, through amihub's AMI
+//! listener (`Server: load`) and, with `--peer`, through another AMI proxy (astmanproxy) that
+//! was started against the simulator's `--sim-port`; p50/p99 of each and what each proxy adds.
+//! (2) Events to N AMI clients: a flood of `rate` events/s for `duration` s, counted per client,
+//! through amihub and then through the peer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,7 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::hist::Hist;
-use crate::hub::{start_sim, Hub};
+use amihub::sim::SimPbx;
+
+use crate::hub::{start_sim_at, Hub};
 
 /// A raw AMI connection, logged in.
 struct Conn {
@@ -87,47 +91,131 @@ fn ms(h: &Hist, q: f64) -> f64 {
     h.quantile(q) as f64 / 1e3
 }
 
+/// Another AMI proxy to measure beside amihub (`--peer`), already connected to the simulator.
+pub struct Peer {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub user: String,
+    pub secret: String,
+}
+
+/// What one run measures.
+pub struct Spec {
+    pub clients: usize,
+    pub rate: u64,
+    pub duration: u64,
+    /// The simulator's port (0: any; a peer must be configured with a fixed one).
+    pub sim_port: u16,
+    /// Sequential Pings on each connection.
+    pub rounds: u64,
+    pub peer: Option<Peer>,
+}
+
 /// Runs both measurements and prints them.
-pub async fn run(
-    exe: &std::path::Path,
-    clients: usize,
-    rate: u64,
-    duration: u64,
-) -> anyhow::Result<()> {
-    let sim = start_sim("load")?;
+pub async fn run(exe: &std::path::Path, spec: Spec) -> anyhow::Result<()> {
+    let sim = start_sim_at("load", spec.sim_port)?;
     let hub = Hub::start(exe, sim.addr(), None)?;
     hub.wait_connected(Duration::from_secs(10)).await?;
     let ami = hub.ami_addr.context("no AMI listener")?;
 
     let mut direct = Conn::login(sim.addr(), "admin", "secret", "off").await?;
     let mut proxied = Conn::login(ami, "anyone", "x", "off").await?;
-    let (mut hd, mut hp) = (Hist::default(), Hist::default());
-    let rounds = 5000u64;
+    let mut peer = match &spec.peer {
+        Some(p) => Some(peer_ready(p).await?),
+        None => None,
+    };
+    let (mut hd, mut hp, mut hq) = (Hist::default(), Hist::default(), Hist::default());
+    let rounds = spec.rounds;
     for i in 0..rounds {
         hd.record(direct.ping(i, None).await?.as_micros() as u64);
         hp.record(proxied.ping(i, Some("load")).await?.as_micros() as u64);
+        if let Some(peer) = peer.as_mut() {
+            hq.record(peer.ping(i, None).await?.as_micros() as u64);
+        }
     }
     println!("AMI action round trip, {rounds} sequential Pings answered by the simulated PBX, interleaved:");
-    println!(
-        "  direct to the simulator:     p50 {:.3} ms  p99 {:.3} ms",
-        ms(&hd, 0.5),
-        ms(&hd, 0.99)
-    );
-    println!(
-        "  through amihub's listener:   p50 {:.3} ms  p99 {:.3} ms",
-        ms(&hp, 0.5),
-        ms(&hp, 0.99)
-    );
-    println!(
-        "  added by amihub:             p50 {:.3} ms  p99 {:.3} ms",
-        ms(&hp, 0.5) - ms(&hd, 0.5),
-        ms(&hp, 0.99) - ms(&hd, 0.99)
-    );
+    let line = |what: &str, h: &Hist| {
+        println!(
+            "  {what:<28} p50 {:.3} ms  p99 {:.3} ms",
+            ms(h, 0.5),
+            ms(h, 0.99)
+        );
+    };
+    let added = |what: &str, h: &Hist| {
+        println!(
+            "  {what:<28} p50 {:.3} ms  p99 {:.3} ms",
+            ms(h, 0.5) - ms(&hd, 0.5),
+            ms(h, 0.99) - ms(&hd, 0.99)
+        );
+    };
+    line("direct to the simulator:", &hd);
+    line("through amihub's listener:", &hp);
+    if let Some(p) = &spec.peer {
+        line(&format!("through {}:", p.name), &hq);
+    }
+    added("added by amihub:", &hp);
+    if let Some(p) = &spec.peer {
+        added(&format!("added by {}:", p.name), &hq);
+    }
+    drop((direct, proxied, peer));
 
+    let amihub = Login {
+        addr: ami,
+        user: "anyone".into(),
+        secret: "x".into(),
+    };
+    events(&sim, "amihub", &amihub, &spec, || hub.cuts.load(Relaxed)).await?;
+    if let Some(p) = &spec.peer {
+        let login = Login {
+            addr: p.addr,
+            user: p.user.clone(),
+            secret: p.secret.clone(),
+        };
+        events(&sim, &p.name, &login, &spec, || 0).await?;
+    }
+    Ok(())
+}
+
+/// A logged-in connection to the peer once it answers a Ping from the simulator (a proxy
+/// started before the simulator connects to it on its own retry timer).
+async fn peer_ready(p: &Peer) -> anyhow::Result<Conn> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match Conn::login(p.addr, &p.user, &p.secret, "off").await {
+            Ok(mut c) => match c.ping(u64::MAX, None).await {
+                Ok(_) => return Ok(c),
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no answer")))
+        .with_context(|| format!("{} at {} never answered a Ping", p.name, p.addr))
+}
+
+/// Where and as whom the event clients log in.
+struct Login {
+    addr: SocketAddr,
+    user: String,
+    secret: String,
+}
+
+/// Floods `rate` events/s for `duration` s and counts what each of `clients` AMI clients of
+/// `via` receives; prints one line.
+async fn events(
+    sim: &SimPbx,
+    name: &str,
+    via: &Login,
+    spec: &Spec,
+    cuts: impl Fn() -> u64,
+) -> anyhow::Result<()> {
+    let clients = spec.clients;
     let counts: Vec<Arc<AtomicU64>> = (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let mut tasks = Vec::new();
     for count in &counts {
-        let mut c = Conn::login(ami, "anyone", "x", "on").await?;
+        let mut c = Conn::login(via.addr, &via.user, &via.secret, "on").await?;
         let count = count.clone();
         tasks.push(tokio::spawn(async move {
             let finder = memmem::Finder::new(b"UserEvent: Flood\r\n");
@@ -148,14 +236,14 @@ pub async fn run(
             }
         }));
     }
-    let total = rate * duration;
+    let total = spec.rate * spec.duration;
     let started = Instant::now();
     sim.flood(FloodSpec {
-        rate_per_s: Some(rate),
+        rate_per_s: Some(spec.rate),
         count: Some(total),
         event_bytes: 600,
     });
-    let deadline = started + Duration::from_secs(duration + 20);
+    let deadline = started + Duration::from_secs(spec.duration + 20);
     while counts.iter().any(|c| c.load(Relaxed) < total) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -164,9 +252,10 @@ pub async fn run(
     let sum: u64 = got.iter().sum();
     let min = got.iter().copied().min().unwrap_or(0);
     println!(
-        "events to {clients} AMI clients: {total} events at {rate}/s each; delivered {sum} in {took:.1} s = {:.0} events/s in all; slowest client got {min} of {total}; cut: {}",
+        "events to {clients} AMI clients of {name}: {total} events at {}/s each; delivered {sum} in {took:.1} s = {:.0} events/s in all; slowest client got {min} of {total}; cut: {}",
+        spec.rate,
         sum as f64 / took,
-        hub.cuts.load(Relaxed)
+        cuts()
     );
     for t in tasks {
         t.abort();

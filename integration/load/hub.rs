@@ -24,6 +24,11 @@ const SECRET: &str = "secret";
 
 /// A simulator on an ephemeral loopback port, on its own thread.
 pub fn start_sim(name: &str) -> anyhow::Result<SimPbx> {
+    start_sim_at(name, 0)
+}
+
+/// A simulator on 127.0.0.1:`port` (0: any free port).
+pub fn start_sim_at(name: &str, port: u16) -> anyhow::Result<SimPbx> {
     let cfg = SimConfig {
         name: name.into(),
         username: USER.into(),
@@ -31,7 +36,7 @@ pub fn start_sim(name: &str) -> anyhow::Result<SimPbx> {
         demo_traffic: false,
         ..SimConfig::default()
     };
-    SimPbx::start_in_thread("127.0.0.1:0", cfg).context("start simulator")
+    SimPbx::start_in_thread(&format!("127.0.0.1:{port}"), cfg).context("start simulator")
 }
 
 /// A running amihub process.

@@ -69,6 +69,25 @@ struct Args {
     /// `--clients` AMI clients at `--rate` for `--duration`.
     #[arg(long)]
     ami: bool,
+    /// With --ami: the simulated PBX's port (0 = any free one). Give a fixed one to start
+    /// another AMI proxy against it for --peer.
+    #[arg(long, default_value_t = 0)]
+    sim_port: u16,
+    /// With --ami: another AMI proxy (e.g. astmanproxy) at this address, connected to the
+    /// simulator at --sim-port (user admin, secret secret), measured beside amihub.
+    #[arg(long)]
+    peer: Option<std::net::SocketAddr>,
+    /// The peer's name in the report.
+    #[arg(long, default_value = "astmanproxy")]
+    peer_name: String,
+    /// The Login the peer's clients send.
+    #[arg(long, default_value = "admin")]
+    peer_user: String,
+    #[arg(long, default_value = "secret")]
+    peer_secret: String,
+    /// With --ami: sequential Pings per connection for the round trip.
+    #[arg(long, default_value_t = 5000)]
+    rounds: u64,
     /// Tokio worker threads for the clients (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -505,9 +524,22 @@ fn main() -> anyhow::Result<()> {
     println!();
 
     if args.ami {
-        watchdog(Duration::from_secs(args.duration + 120));
+        watchdog(Duration::from_secs(2 * args.duration + 150));
         let clients = args.clients.unwrap_or(100);
-        let res = rt.block_on(ami::run(&exe, clients, args.rate, args.duration));
+        let spec = ami::Spec {
+            clients,
+            rate: args.rate,
+            duration: args.duration,
+            sim_port: args.sim_port,
+            rounds: args.rounds,
+            peer: args.peer.map(|addr| ami::Peer {
+                name: args.peer_name.clone(),
+                addr,
+                user: args.peer_user.clone(),
+                secret: args.peer_secret.clone(),
+            }),
+        };
+        let res = rt.block_on(ami::run(&exe, spec));
         rt.shutdown_timeout(Duration::from_secs(1));
         res?;
         return Ok(());
