@@ -94,9 +94,20 @@ fn ms(h: &Hist, q: f64) -> f64 {
 /// Another AMI proxy to measure beside amihub (`--peer`), already connected to the simulator.
 pub struct Peer {
     pub name: String,
+    pub login: Login,
+}
+
+/// Where and as whom a client logs in.
+pub struct Login {
     pub addr: SocketAddr,
     pub user: String,
     pub secret: String,
+}
+
+impl Login {
+    async fn connect(&self, events: &str) -> anyhow::Result<Conn> {
+        Conn::login(self.addr, &self.user, &self.secret, events).await
+    }
 }
 
 /// What one run measures.
@@ -119,7 +130,12 @@ pub async fn run(exe: &std::path::Path, spec: Spec) -> anyhow::Result<()> {
     let ami = hub.ami_addr.context("no AMI listener")?;
 
     let mut direct = Conn::login(sim.addr(), "admin", "secret", "off").await?;
-    let mut proxied = Conn::login(ami, "anyone", "x", "off").await?;
+    let amihub = Login {
+        addr: ami,
+        user: "anyone".into(),
+        secret: "x".into(),
+    };
+    let mut proxied = amihub.connect("off").await?;
     let mut peer = match &spec.peer {
         Some(p) => Some(peer_ready(p).await?),
         None => None,
@@ -159,19 +175,9 @@ pub async fn run(exe: &std::path::Path, spec: Spec) -> anyhow::Result<()> {
     }
     drop((direct, proxied, peer));
 
-    let amihub = Login {
-        addr: ami,
-        user: "anyone".into(),
-        secret: "x".into(),
-    };
     events(&sim, "amihub", &amihub, &spec, || hub.cuts.load(Relaxed)).await?;
     if let Some(p) = &spec.peer {
-        let login = Login {
-            addr: p.addr,
-            user: p.user.clone(),
-            secret: p.secret.clone(),
-        };
-        events(&sim, &p.name, &login, &spec, || 0).await?;
+        events(&sim, &p.name, &p.login, &spec, || 0).await?;
     }
     Ok(())
 }
@@ -182,7 +188,7 @@ async fn peer_ready(p: &Peer) -> anyhow::Result<Conn> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;
     while Instant::now() < deadline {
-        match Conn::login(p.addr, &p.user, &p.secret, "off").await {
+        match p.login.connect("off").await {
             Ok(mut c) => match c.ping(u64::MAX, None).await {
                 Ok(_) => return Ok(c),
                 Err(e) => last = Some(e),
@@ -192,14 +198,7 @@ async fn peer_ready(p: &Peer) -> anyhow::Result<Conn> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no answer")))
-        .with_context(|| format!("{} at {} never answered a Ping", p.name, p.addr))
-}
-
-/// Where and as whom the event clients log in.
-struct Login {
-    addr: SocketAddr,
-    user: String,
-    secret: String,
+        .with_context(|| format!("{} at {} never answered a Ping", p.name, p.login.addr))
 }
 
 /// Floods `rate` events/s for `duration` s and counts what each of `clients` AMI clients of
@@ -215,7 +214,7 @@ async fn events(
     let counts: Vec<Arc<AtomicU64>> = (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let mut tasks = Vec::new();
     for count in &counts {
-        let mut c = Conn::login(via.addr, &via.user, &via.secret, "on").await?;
+        let mut c = via.connect("on").await?;
         let count = count.clone();
         tasks.push(tokio::spawn(async move {
             let finder = memmem::Finder::new(b"UserEvent: Flood\r\n");

@@ -534,9 +534,11 @@ fn main() -> anyhow::Result<()> {
             rounds: args.rounds,
             peer: args.peer.map(|addr| ami::Peer {
                 name: args.peer_name.clone(),
-                addr,
-                user: args.peer_user.clone(),
-                secret: args.peer_secret.clone(),
+                login: ami::Login {
+                    addr,
+                    user: args.peer_user.clone(),
+                    secret: args.peer_secret.clone(),
+                },
             }),
         };
         let res = rt.block_on(ami::run(&exe, spec));
