@@ -50,24 +50,21 @@ pub async fn run(settings: Settings, listener: std::net::TcpListener) -> Result<
     let metrics = Arc::new(Metrics::default());
     let auth = Authenticator::new(&settings).map_err(ServiceError::Auth)?;
     announce_auth(&settings, &auth);
-    // The PBX actors run on the registry's own thread: every handover to the registry is then
-    // a same-thread message, with no cross-thread wake-up per PBX read. On two cores that cost
-    // less CPU at 100 clients and gave more events per second at full speed than a thread of
-    // their own (README, "PBX actors on the registry's thread").
-    let pbx_arbiter = Arbiter::current();
+    // The PBX actors run on this thread, the registry's: every handover to the registry is
+    // then a same-thread message, with no cross-thread wake-up per PBX read. On two cores that
+    // cost less CPU at 100 clients and gave more events per second at full speed than a thread
+    // of their own (README, "PBX actors on the registry's thread").
     let cluster = crate::cluster::Cluster::start(
         &settings.cluster,
         settings.history.max_frames,
         settings.ami.limits(),
         settings.reconnect.clone(),
-        pbx_arbiter.clone(),
         metrics.clone(),
     )?;
     let registry = Registry::new(
         settings.limits.clone(),
         settings.ami.limits(),
         settings.reconnect.clone(),
-        pbx_arbiter.clone(),
         metrics.clone(),
     )
     .with_cluster(cluster.clone())

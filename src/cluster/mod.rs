@@ -48,13 +48,12 @@ pub struct Cluster {
 
 impl Cluster {
     /// Joins the cluster `settings` names (None when `redis_url` is unset). The owner's PBX
-    /// actors run on `pbx_arbiter`. Must run inside an actix system.
+    /// actors run on the calling thread (the registry's). Must run inside an actix system.
     pub fn start(
         settings: &ClusterSettings,
         maxlen: usize,
         ami_limits: Limits,
         reconnect: ReconnectSettings,
-        pbx_arbiter: ArbiterHandle,
         metrics: SharedMetrics,
     ) -> Result<Option<Cluster>, StoreError> {
         let Some(url) = settings.redis_url.as_deref() else {
@@ -71,7 +70,6 @@ impl Cluster {
             lease,
             maxlen,
             store.clone(),
-            pbx_arbiter,
             ami_limits,
             reconnect,
             metrics,
@@ -103,7 +101,6 @@ impl Cluster {
         settings: Arc<ServerSettings>,
         generation: u64,
         registry: Addr<Registry>,
-        arbiter: &ArbiterHandle,
     ) -> PbxHandle {
         let m = mirror::Mirror {
             tag: ServerTag::new(settings.id, &settings.name, settings.tls),
@@ -116,7 +113,7 @@ impl Cluster {
             connected: false,
             place: mirror::Place::default(),
         };
-        let addr = mirror::Mirror::start_in_arbiter(arbiter, move |_| m);
+        let addr = m.start();
         self.node.do_send(node::Track {
             settings,
             generation,

@@ -92,7 +92,6 @@ pub struct Node {
     pub lease_ms: u64,
     pub maxlen: usize,
     pub store: Arc<Store>,
-    pub pbx_arbiter: ArbiterHandle,
     pub ami_limits: Limits,
     pub reconnect: ReconnectSettings,
     pub metrics: SharedMetrics,
@@ -112,7 +111,6 @@ impl Node {
         lease_ms: u64,
         maxlen: usize,
         store: Arc<Store>,
-        pbx_arbiter: ArbiterHandle,
         ami_limits: Limits,
         reconnect: ReconnectSettings,
         metrics: SharedMetrics,
@@ -123,7 +121,6 @@ impl Node {
             lease_ms,
             maxlen,
             store,
-            pbx_arbiter,
             ami_limits,
             reconnect,
             metrics,
@@ -306,7 +303,7 @@ impl Node {
             metrics: self.metrics.clone(),
             fenced: false,
         };
-        let publisher = Publisher::start_in_arbiter(&self.pbx_arbiter, move |_| publisher);
+        let publisher = publisher.start();
         // The previous owner vanished without saying so: tell everyone before reconnecting.
         let previous = decode(KIND_STATUS, &a.last_status).ok();
         if let Some(Item::Status { status, .. }) = previous {
@@ -332,9 +329,8 @@ impl Node {
             self.reconnect.clone(),
             self.metrics.clone(),
         );
-        let conn = Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
-            PbxConn::new(settings, 0, limits, reconnect, sink, metrics)
-        });
+        let conn =
+            Supervisor::start(move |_| PbxConn::new(settings, 0, limits, reconnect, sink, metrics));
         log::info!(
             "server {server}: this node ({}) owns it now (lease {}, epoch {})",
             self.me,

@@ -128,8 +128,8 @@ impl Handler<AddServer> for Registry {
         self.next_generation += 1;
         let generation = self.next_generation;
         let addr = match &self.cluster {
-            Some(cluster) => cluster.mirror(settings, generation, registry, &self.pbx_arbiter),
-            None => Supervisor::start_in_arbiter(&self.pbx_arbiter, move |_| {
+            Some(cluster) => cluster.mirror(settings, generation, registry),
+            None => Supervisor::start(move |_| {
                 PbxConn::new(
                     settings,
                     generation,

@@ -216,7 +216,6 @@ pub struct Registry {
     limits: LimitSettings,
     ami_limits: Limits,
     reconnect: ReconnectSettings,
-    pbx_arbiter: ArbiterHandle,
     metrics: SharedMetrics,
     servers: BTreeMap<u32, ServerEntry>,
     sessions: Sessions,
@@ -234,12 +233,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// PBX actors run on `pbx_arbiter` (the service passes the registry's own thread).
+    /// PBX actors are started on the registry's own thread (README, "PBX actors on the
+    /// registry's thread").
     pub fn new(
         limits: LimitSettings,
         ami_limits: Limits,
         reconnect: ReconnectSettings,
-        pbx_arbiter: ArbiterHandle,
         metrics: SharedMetrics,
     ) -> Registry {
         Registry {
@@ -247,7 +246,6 @@ impl Registry {
             limits,
             ami_limits,
             reconnect,
-            pbx_arbiter,
             metrics,
             servers: BTreeMap::new(),
             pending: PendingTable::default(),
