@@ -175,9 +175,9 @@ pub async fn run(exe: &std::path::Path, spec: Spec) -> anyhow::Result<()> {
     }
     drop((direct, proxied, peer));
 
-    events(&sim, "amihub", &amihub, &spec, || hub.cuts.load(Relaxed)).await?;
+    events(&sim, "amihub", &amihub, &spec, Some(&hub.cuts)).await?;
     if let Some(p) = &spec.peer {
-        events(&sim, &p.name, &p.login, &spec, || 0).await?;
+        events(&sim, &p.name, &p.login, &spec, None).await?;
     }
     Ok(())
 }
@@ -202,13 +202,13 @@ async fn peer_ready(p: &Peer) -> anyhow::Result<Conn> {
 }
 
 /// Floods `rate` events/s for `duration` s and counts what each of `clients` AMI clients of
-/// `via` receives; prints one line.
+/// `via` receives; prints one line (with the slow-consumer cuts `cuts` counts, when known).
 async fn events(
     sim: &SimPbx,
     name: &str,
     via: &Login,
     spec: &Spec,
-    cuts: impl Fn() -> u64,
+    cuts: Option<&AtomicU64>,
 ) -> anyhow::Result<()> {
     let clients = spec.clients;
     let counts: Vec<Arc<AtomicU64>> = (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
@@ -251,10 +251,10 @@ async fn events(
     let sum: u64 = got.iter().sum();
     let min = got.iter().copied().min().unwrap_or(0);
     println!(
-        "events to {clients} AMI clients of {name}: {total} events at {}/s each; delivered {sum} in {took:.1} s = {:.0} events/s in all; slowest client got {min} of {total}; cut: {}",
+        "events to {clients} AMI clients of {name}: {total} events at {}/s each; delivered {sum} in {took:.1} s = {:.0} events/s in all; slowest client got {min} of {total}{}",
         spec.rate,
         sum as f64 / took,
-        cuts()
+        cuts.map_or(String::new(), |c| format!("; cut: {}", c.load(Relaxed)))
     );
     for t in tasks {
         t.abort();
