@@ -127,6 +127,17 @@ impl<T: Weight> Held<T> {
     }
 }
 
+/// The delay to give the flush timer so that it fires `wait` from now on average. tokio's
+/// timer wheel rounds a deadline up to its next millisecond tick and then wakes up to a
+/// millisecond after it, so a timer asked for 3.3 ms fires after 4–5 ms; asked for a
+/// millisecond less, it fires within half a millisecond of `wait`.
+pub fn timer_delay(wait: Duration) -> Duration {
+    wait.saturating_sub(TIMER_LATENESS)
+}
+
+/// How late, about, tokio's timer fires after the deadline it is given.
+const TIMER_LATENESS: Duration = Duration::from_millis(1);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,11 +215,11 @@ mod tests {
     #[test]
     fn the_interval_grows_with_the_sessions_past_the_flush_budget() {
         let held = Held::<Outgoing>::new(FanoutSettings::default());
-        // 30,000 session flushes per second: 3 ms serves 90 sessions.
-        assert_eq!(held.interval(1), ms(3));
-        assert_eq!(held.interval(90), ms(3));
-        assert_eq!(held.interval(150), ms(5));
-        assert_eq!(held.interval(1500), ms(50));
+        // 35,000 session flushes per second: 2 ms serves 70 sessions.
+        assert_eq!(held.interval(1), ms(2));
+        assert_eq!(held.interval(70), ms(2));
+        assert_eq!(held.interval(100), Duration::from_micros(2_857));
+        assert_eq!(held.interval(1000), Duration::from_micros(28_571));
         assert_eq!(
             held.interval(1_000_000),
             ms(MAX_FLUSH_INTERVAL_MS),
@@ -218,7 +229,7 @@ mod tests {
             session_flushes_per_second: 0,
             ..FanoutSettings::default()
         });
-        assert_eq!(fixed.interval(1000), ms(3), "0 keeps the interval fixed");
+        assert_eq!(fixed.interval(1000), ms(2), "0 keeps the interval fixed");
     }
 
     #[test]
@@ -226,13 +237,24 @@ mod tests {
         let t0 = Instant::now();
         let mut held = Held::new(FanoutSettings::default());
         assert!(held.drain(t0).is_empty());
+        let wait = Duration::from_micros(42_857) - ms(10);
         assert!(
-            matches!(held.hold(1, frames(&["a"]), t0 + ms(10), 1500), Hold::Later(d) if d == ms(40))
+            matches!(held.hold(1, frames(&["a"]), t0 + ms(10), 1500), Hold::Later(d) if d == wait)
         );
         assert!(
             matches!(held.hold(1, frames(&["b"]), t0 + ms(10), 1), Hold::Full),
-            "one session: the 3 ms interval is long up"
+            "one session: the 2 ms interval is long up"
         );
+    }
+
+    #[test]
+    fn the_timer_is_asked_a_millisecond_early_for_its_lateness() {
+        assert_eq!(
+            timer_delay(Duration::from_micros(2_857)),
+            Duration::from_micros(1_857)
+        );
+        assert_eq!(timer_delay(ms(1)), Duration::ZERO);
+        assert_eq!(timer_delay(Duration::from_micros(300)), Duration::ZERO);
     }
 
     #[test]

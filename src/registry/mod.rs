@@ -39,7 +39,7 @@ pub use admin::{
     AddServer, CloseUserSessions, DropServer, HttpAction, ListServers, ListSessions, Readiness,
     ServerInfo, ServerQuality, ServerState, SessionInfo,
 };
-use coalesce::{Held, Hold};
+use coalesce::{timer_delay, Held, Hold};
 use fanout::{InBatch, Outgoing, Selection, SessionEntry, Sessions};
 use history::{FrameLog, History};
 pub use pending::{ActionFailure, Collected};
@@ -278,7 +278,7 @@ impl Registry {
             Hold::Now(batch) => self.broadcast(ctx, server, batch),
             Hold::Full => self.flush(ctx),
             Hold::Later(delay) if self.flush_timer.is_none() => {
-                self.flush_timer = Some(ctx.run_later(delay, |act, ctx| {
+                self.flush_timer = Some(ctx.run_later(timer_delay(delay), |act, ctx| {
                     act.flush_timer = None;
                     act.flush(ctx);
                 }));
