@@ -5,7 +5,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use bytestring::ByteString;
@@ -119,6 +119,14 @@ const BLOCKS: [usize; 6] = [
     128 << 10,
 ];
 
+/// A window whose frames have all stayed long enough to be sealed (`SEAL_AFTER`: the benches
+/// keep a whole window at one instant), in blocks of `block` bytes.
+fn sealed(block: usize) -> History {
+    History::new(settings())
+        .with_block_bytes(block)
+        .with_seal_after(Duration::ZERO)
+}
+
 fn block_name(block: usize) -> String {
     match block {
         usize::MAX => "uncompressed".into(),
@@ -145,7 +153,7 @@ fn report_memory(name: &str, tag: &ServerTag, packets: &[Packet], block: usize) 
     let before = LIVE.load(Relaxed);
     let batch = outgoing(tag, packets);
     let frame_bytes: usize = batch.iter().map(|o| o.frame.len()).sum();
-    let mut h = History::new(settings()).with_block_bytes(block);
+    let mut h = sealed(block);
     keep(&mut h, batch, Instant::now());
     // The batch (its unstamped frames, its vector) is gone: what is left is the history.
     let heap = LIVE.load(Relaxed).saturating_sub(before);
@@ -239,7 +247,7 @@ fn bench(c: &mut Criterion) {
             g.bench_function(id, |b| {
                 b.iter_batched(
                     || {
-                        let mut h = History::new(settings()).with_block_bytes(block);
+                        let mut h = sealed(block);
                         keep(&mut h, outgoing(&tag, packets), Instant::now());
                         let next = h.newest() + 1;
                         let frames: Vec<InBatch> = outgoing(&tag, packets)
@@ -265,7 +273,7 @@ fn bench(c: &mut Criterion) {
         }
     }
     for block in [BLOCK_BYTES, usize::MAX] {
-        let mut h = History::new(settings()).with_block_bytes(block);
+        let mut h = sealed(block);
         keep(&mut h, outgoing(&tag, &packets), Instant::now());
         let epoch = h.epoch().to_string();
         // The registry's replay: the frames after an offset, filtered per session (each packet

@@ -5,9 +5,11 @@
 //! filters resumes (a resume is rare, a frame kept is not), except for the few packets whose
 //! JSON does not give their headers back as they were (raw lines, a restored ActionID).
 //!
-//! The newest frames stay as they are (the open tail); every [`BLOCK_BYTES`] of frame bytes the
-//! tail is sealed into one lz4 block with each frame's end, time and kind beside it, and a replay
-//! decompresses only the blocks it reads from.
+//! The newest frames stay as they are (the open tail); every [`BLOCK_BYTES`] of frame bytes that
+//! have stayed [`SEAL_AFTER`] are sealed into one lz4 block with each frame's end, time and kind
+//! beside it, and a replay decompresses only the blocks it reads from. A window that turns over
+//! faster than that (a flooding PBX: 10,000 frames in a few tens of milliseconds) is never
+//! compressed, since its frames leave before compression could save anything.
 //!
 //! Pure state with no I/O and no actors; it knows neither sessions nor rights. [`FrameLog`] is
 //! the whole interface the registry uses, so a shared store (a Redis Stream per PBX in cluster
@@ -216,6 +218,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Values<'a> {
 /// README, Performance).
 pub const BLOCK_BYTES: usize = 64 << 10;
 
+/// How long frames stay in the open tail before they are sealed: compressing costs about as much
+/// per frame as rendering it, and pays only for frames that stay.
+pub const SEAL_AFTER: Duration = Duration::from_millis(100);
+
 /// The longest a block may span: its frames' times are kept as milliseconds after its first.
 const MAX_SPAN: Duration = Duration::from_millis(u32::MAX as u64 - 1);
 
@@ -231,6 +237,7 @@ pub struct History {
     /// Frame bytes in `tail`.
     tail_bytes: usize,
     block_bytes: usize,
+    seal_after: Duration,
     frames: usize,
     bytes: usize,
 }
@@ -254,6 +261,7 @@ impl History {
             tail: VecDeque::new(),
             tail_bytes: 0,
             block_bytes: BLOCK_BYTES,
+            seal_after: SEAL_AFTER,
             frames: 0,
             bytes: 0,
         }
@@ -265,11 +273,47 @@ impl History {
         self
     }
 
+    /// Seals frames once they are `after` old instead of [`SEAL_AFTER`] (tests, benches).
+    pub fn with_seal_after(mut self, after: Duration) -> History {
+        self.seal_after = after;
+        self
+    }
+
     /// Compresses the open tail into a block.
     fn seal(&mut self) {
-        let accounted: usize = self.tail.iter().map(|k| k.bytes).sum();
-        let len = std::mem::take(&mut self.tail_bytes);
-        let Some(block) = Block::seal(self.tail.drain(..), len) else {
+        self.seal_front(self.tail.len());
+    }
+
+    /// Seals every [`BLOCK_BYTES`] at the front of the tail whose first frame has stayed
+    /// `seal_after` (at `now`), oldest first; what is younger or less stays open.
+    fn seal_old(&mut self, now: Instant) {
+        while self.tail_bytes >= self.block_bytes
+            && self
+                .tail
+                .front()
+                .is_some_and(|k| now.saturating_duration_since(k.at) >= self.seal_after)
+        {
+            let mut bytes = 0;
+            let n = self
+                .tail
+                .iter()
+                .take_while(|k| {
+                    let before = bytes;
+                    bytes += k.frame.len();
+                    before < self.block_bytes
+                })
+                .count();
+            self.seal_front(n);
+        }
+    }
+
+    /// Compresses the first `n` frames of the open tail into a block.
+    fn seal_front(&mut self, n: usize) {
+        let front = self.tail.range(..n);
+        let accounted: usize = front.clone().map(|k| k.bytes).sum();
+        let len: usize = front.map(|k| k.frame.len()).sum();
+        self.tail_bytes -= len;
+        let Some(block) = Block::seal(self.tail.drain(..n), len) else {
             return;
         };
         let cost: usize = (0..block.metas.len()).map(|i| block.cost(i)).sum();
@@ -325,9 +369,6 @@ impl FrameLog for History {
         self.tail_bytes += kept.frame.len();
         self.tail.push_back(kept);
         self.frames += 1;
-        if self.tail_bytes >= self.block_bytes {
-            self.seal();
-        }
         // The newest frame always stays, even one larger than the byte bound on its own: the
         // offset sequence never skips, and the next append evicts it.
         while self.frames > 1
@@ -335,6 +376,7 @@ impl FrameLog for History {
         {
             self.pop();
         }
+        // Also seals what has stayed long enough.
         self.expire(now);
         self.newest()
     }
@@ -388,6 +430,8 @@ impl FrameLog for History {
         {
             self.pop();
         }
+        // A server gone quiet: what it left in the tail is sealed by the registry's sweep.
+        self.seal_old(now);
     }
 
     fn usage(&self) -> Usage {
@@ -599,7 +643,9 @@ mod block_tests {
 
     /// A window sealing at 63 bytes of frames: 7 of the tests' 9-byte frames a block.
     fn small(s: HistorySettings) -> History {
-        History::new(s).with_block_bytes(63)
+        History::new(s)
+            .with_block_bytes(63)
+            .with_seal_after(Duration::ZERO)
     }
 
     fn expected(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
@@ -610,6 +656,53 @@ mod block_tests {
     fn accounted(h: &History) -> usize {
         let kept = h.since(h.epoch(), h.first - 1).expect("covered");
         kept.iter().map(|k| k.bytes).sum()
+    }
+
+    #[test]
+    fn frames_are_sealed_once_they_have_stayed_and_a_window_that_turns_over_sooner_never_is() {
+        let start = Instant::now();
+        let after = |ms: u64| start + Duration::from_millis(ms);
+        let stay = Duration::from_millis(100);
+        // 1,000 frames in 10 ms through a 16-frame window: each leaves long before 100 ms.
+        let mut fast = History::new(settings(16, 300, 1 << 20))
+            .with_block_bytes(63)
+            .with_seal_after(stay);
+        for n in 1..=1000 {
+            fast.append(frame(n).into(), after(n / 100));
+        }
+        assert!(fast.blocks.is_empty(), "nothing compressed");
+        assert_eq!(offsets(&fast, 984), expected(985..=1000));
+        assert_eq!(fast.usage().bytes, accounted(&fast));
+        // A slow server: its frames stay open until they are 100 ms old, then go a block
+        // (63 bytes: seven 9-byte frames) at a time; what is left stays open.
+        let mut slow = History::new(settings(1000, 300, 1 << 20))
+            .with_block_bytes(63)
+            .with_seal_after(stay);
+        for n in 1..=16 {
+            slow.append(frame(n).into(), after(0));
+        }
+        slow.expire(after(99));
+        assert!(slow.blocks.is_empty(), "younger than 100 ms");
+        slow.expire(after(100));
+        assert_eq!(slow.blocks.len(), 2);
+        assert!(slow.blocks.iter().all(|b| b.metas.len() == 7));
+        assert_eq!(slow.tail.len(), 2, "less than a block stays open");
+        assert_eq!(offsets(&slow, 0), expected(1..=16));
+        assert_eq!(slow.usage().bytes, accounted(&slow));
+        assert!(
+            slow.usage().bytes < fast_cost(16),
+            "sealed frames cost less"
+        );
+    }
+
+    /// What `n` frames of the tests cost kept open.
+    fn fast_cost(n: u64) -> usize {
+        let mut h = History::new(settings(1000, 300, 1 << 20));
+        let now = Instant::now();
+        for i in 1..=n {
+            h.append(frame(i).into(), now);
+        }
+        h.usage().bytes
     }
 
     #[test]
