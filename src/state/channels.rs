@@ -53,17 +53,41 @@ struct Bridge {
 
 impl Channel {
     /// Copies the channel snapshot headers every channel event carries; true if any changed.
+    ///
+    /// One pass over the headers (a channel event has twenty-odd, and `Packet::get` per field
+    /// would walk them ten times); as with `Packet::get`, names match without regard to case and
+    /// the first header of a name is the one that counts.
     fn update(&mut self, p: &Packet) -> bool {
-        set(&mut self.name, p.get("Channel"))
-            | set(&mut self.linkedid, p.get("Linkedid"))
-            | set(&mut self.state, p.get("ChannelStateDesc"))
-            | set(&mut self.state_code, p.get("ChannelState"))
-            | set(&mut self.cid_num, p.get("CallerIDNum"))
-            | set(&mut self.cid_name, p.get("CallerIDName"))
-            | set(&mut self.conn_num, p.get("ConnectedLineNum"))
-            | set(&mut self.conn_name, p.get("ConnectedLineName"))
-            | set(&mut self.context, p.get("Context"))
-            | set(&mut self.exten, p.get("Exten"))
+        let (mut seen, mut changed) = (0u16, false);
+        for (name, value) in p.headers() {
+            let Some((bit, field)) = self.snapshot_field(name) else {
+                continue;
+            };
+            if seen & bit == 0 {
+                seen |= bit;
+                changed |= set(field, Some(value));
+            }
+        }
+        changed
+    }
+
+    /// The field a channel snapshot header fills, and its bit among them.
+    fn snapshot_field(&mut self, name: &str) -> Option<(u16, &mut String)> {
+        let is = |want: &str| name.eq_ignore_ascii_case(want);
+        let (bit, field) = match name.len() {
+            5 if is("Exten") => (0, &mut self.exten),
+            7 if is("Channel") => (1, &mut self.name),
+            7 if is("Context") => (2, &mut self.context),
+            8 if is("Linkedid") => (3, &mut self.linkedid),
+            11 if is("CallerIDNum") => (4, &mut self.cid_num),
+            12 if is("ChannelState") => (5, &mut self.state_code),
+            12 if is("CallerIDName") => (6, &mut self.cid_name),
+            16 if is("ChannelStateDesc") => (7, &mut self.state),
+            16 if is("ConnectedLineNum") => (8, &mut self.conn_num),
+            17 if is("ConnectedLineName") => (9, &mut self.conn_name),
+            _ => return None,
+        };
+        Some((1 << bit, field))
     }
 
     fn to_json(&self, now_ms: u64) -> Value {
@@ -368,7 +392,51 @@ fn parse_hms(text: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_hms;
+    use super::{parse_hms, Channel};
+    use crate::ami::Packet;
+
+    #[test]
+    fn a_snapshot_takes_the_first_header_of_each_name_whatever_its_case_as_packet_get_does() {
+        let p = Packet::from_headers([
+            ("Event", "Newstate"),
+            ("channel", "PJSIP/101-00000001"),
+            ("ChannelState", "6"),
+            ("ChannelStateDesc", "Up"),
+            ("CallerIDNum", "101"),
+            ("CallerIDName", "Alice"),
+            ("ConnectedLineNum", "202"),
+            ("ConnectedLineName", "Bob"),
+            ("Context", "from-internal"),
+            ("EXTEN", "202"),
+            ("Linkedid", "1.1"),
+            ("Channel", "PJSIP/other-00000009"),
+            ("Exten", "999"),
+            ("Uniqueid", "1.1"),
+        ]);
+        let mut c = Channel::default();
+        assert!(c.update(&p));
+        let fields = [
+            (&c.name, "Channel"),
+            (&c.state_code, "ChannelState"),
+            (&c.state, "ChannelStateDesc"),
+            (&c.cid_num, "CallerIDNum"),
+            (&c.cid_name, "CallerIDName"),
+            (&c.conn_num, "ConnectedLineNum"),
+            (&c.conn_name, "ConnectedLineName"),
+            (&c.context, "Context"),
+            (&c.exten, "Exten"),
+            (&c.linkedid, "Linkedid"),
+        ];
+        for (field, name) in fields {
+            assert_eq!(Some(field.as_str()), p.get(name), "{name}");
+        }
+        assert_eq!(c.name, "PJSIP/101-00000001");
+        assert!(!c.update(&p), "the same snapshot again changes nothing");
+        let partial =
+            Packet::from_headers([("Event", "Newstate"), ("ChannelStateDesc", "Ringing")]);
+        assert!(c.update(&partial));
+        assert_eq!((c.state.as_str(), c.exten.as_str()), ("Ringing", "202"));
+    }
 
     #[test]
     fn durations_parse() {
